@@ -1,0 +1,513 @@
+package session
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgtoken/pgtoken/authn"
+	"github.com/pgtoken/pgtoken/session/pool"
+	"github.com/pgtoken/pgtoken/wire"
+)
+
+// Startup packet codes.
+const (
+	codeSSLRequest    = 80877103
+	codeGSSENCRequest = 80877104
+	codeCancelRequest = 80877102
+	protocol30        = 3 << 16
+)
+
+// Client buffer sizes: small, because idle clients are many.
+const (
+	clientReadBuffer = 4 << 10
+)
+
+// handle runs one client connection from accept to close.
+func (s *Server) handle(nc net.Conn) {
+	defer nc.Close()
+	addr := nc.RemoteAddr().String()
+	log := s.log.With(zap.String("client", addr))
+	if max := s.cfg.MaxClientConn; max > 0 && s.clients.Load() >= int64(max) {
+		writeFatal(nc, wire.Fatalf(wire.CodeTooManyConnections, "sorry, too many clients already (pgtoken max_client_conn %d)", max))
+		return
+	}
+	s.clients.Add(1)
+	defer s.clients.Add(-1)
+
+	if t := s.cfg.StartupTimeout; t > 0 {
+		_ = nc.SetDeadline(time.Now().Add(t))
+	}
+	sess, err := s.login(nc, log)
+	if err != nil {
+		if sess == nil || !errors.Is(err, io.EOF) {
+			s.loginFailed(sess, nc, log, err)
+		}
+		return
+	}
+	_ = sess.nc.SetDeadline(time.Time{})
+	sess.log.Info("client connected")
+	err = sess.run()
+	sess.finish(err)
+	s.unregister(sess)
+}
+
+// loginFailed reports a failed login to the client and the log.
+func (s *Server) loginFailed(sess *Session, nc net.Conn, log *zap.Logger, err error) {
+	if errors.Is(err, errQuietClose) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return
+	}
+	var ae *authn.Error
+	if errors.As(err, &ae) {
+		log.Info("authentication failed", zap.String("reason", string(ae.Reason)), zap.String("detail", ae.Detail))
+	} else {
+		log.Info("login failed", zap.Error(err))
+	}
+	c := nc
+	if sess != nil {
+		c = sess.nc
+	}
+	var we *wire.Error
+	if !errors.As(err, &we) {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			we = wire.Fatalf(wire.CodeProtocolViolation, "pgtoken: startup timed out")
+		} else if errors.Is(err, wire.ErrMessageTooLarge) || errors.Is(err, wire.ErrBadLength) {
+			we = wire.Fatalf(wire.CodeProtocolViolation, "pgtoken: invalid startup packet: %v", err)
+		} else {
+			we = wire.Fatalf(wire.CodeInternal, "pgtoken: login failed (details are in the pgtoken log)")
+		}
+	}
+	we.Severity = wire.SeverityFatal
+	writeFatal(c, we)
+}
+
+// errQuietClose ends a connection that needs no answer (a CancelRequest).
+var errQuietClose = errors.New("closed without answer")
+
+// writeFatal sends a FATAL ErrorResponse, best effort.
+func writeFatal(nc net.Conn, err error) {
+	b, encErr := wire.ToResponse(err).Encode(nil)
+	if encErr != nil {
+		return
+	}
+	_ = nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	_, _ = nc.Write(b)
+}
+
+// login performs the startup phase and returns a ready session.
+func (s *Server) login(nc net.Conn, log *zap.Logger) (*Session, error) {
+	r := wire.NewReader(nc, clientReadBuffer, s.cfg.MaxPasswordBytes)
+	conn := nc
+	secure := false
+	var params map[string]string
+	for params == nil {
+		body, err := r.ReadStartup(s.cfg.MaxStartupPacket)
+		if err != nil {
+			return nil, err
+		}
+		if len(body) < 4 {
+			return nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
+		}
+		code := binary.BigEndian.Uint32(body)
+		switch {
+		case code == codeSSLRequest:
+			if r.Buffered() > 0 {
+				// Bytes sent after SSLRequest before the answer would be
+				// read as if they came over TLS.
+				return nil, wire.Fatalf(wire.CodeProtocolViolation, "received unencrypted data after SSL request")
+			}
+			if secure || s.cfg.TLS == nil {
+				if _, err := conn.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if _, err := conn.Write([]byte{'S'}); err != nil {
+				return nil, err
+			}
+			tc := tls.Server(nc, s.cfg.TLS)
+			if err := tc.Handshake(); err != nil {
+				return nil, fmt.Errorf("%w: TLS handshake: %v", errQuietClose, err)
+			}
+			conn, secure = tc, true
+			r.Reset(tc)
+		case code == codeGSSENCRequest:
+			if _, err := conn.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case code == codeCancelRequest:
+			if len(body) < 12 {
+				return nil, errQuietClose
+			}
+			s.cancel(binary.BigEndian.Uint32(body[4:]), body[8:])
+			return nil, errQuietClose
+		case code>>16 == 3:
+			var sm pgproto3.StartupMessage
+			if err := sm.Decode(body); err != nil {
+				return nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
+			}
+			params = sm.Parameters
+			if params == nil {
+				params = map[string]string{}
+			}
+			if code&0xffff != 0 {
+				if err := negotiate(conn, params); err != nil {
+					return nil, err
+				}
+			}
+		default:
+			return nil, wire.Fatalf(wire.CodeFeatureNotSupported,
+				"unsupported frontend protocol %d.%d: pgtoken supports 3.0", code>>16, code&0xffff)
+		}
+	}
+	if _, ok := params["replication"]; ok {
+		return nil, wire.Fatalf(wire.CodeFeatureNotSupported, "pgtoken does not support replication connections")
+	}
+	user := params["user"]
+	if user == "" {
+		return nil, wire.Fatalf(wire.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+	}
+	db := params["database"]
+	if db == "" {
+		db = user
+	}
+	if !secure && s.cfg.RequireTLSForRemote && !isLoopback(nc.RemoteAddr()) {
+		return nil, wire.Fatalf(wire.CodeInvalidAuthorization,
+			"pgtoken refuses to receive a token over an unencrypted connection").
+			WithHint("Connect with sslmode=require (or verify-full).")
+	}
+
+	// The password is the token.
+	if _, err := conn.Write(wire.MsgAuthCleartext); err != nil {
+		return nil, err
+	}
+	typ, _, err := r.Next()
+	if err != nil {
+		if errors.Is(err, wire.ErrBadLength) {
+			return nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid password packet")
+		}
+		return nil, err
+	}
+	if typ != 'p' {
+		return nil, wire.Fatalf(wire.CodeProtocolViolation, "expected a password message, got %q", typ)
+	}
+	body, err := r.Body()
+	if err != nil {
+		if errors.Is(err, wire.ErrMessageTooLarge) {
+			return nil, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is larger than %d bytes", s.cfg.MaxPasswordBytes)
+		}
+		return nil, err
+	}
+	pw, _, ok := wire.CString(body)
+	if !ok || len(pw) == 0 {
+		return nil, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is empty; it must be a JWT")
+	}
+	ident, err := s.cfg.Verifier.Verify(string(pw))
+	if err != nil {
+		var ae *authn.Error
+		if errors.As(err, &ae) {
+			return nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
+				Message: fmt.Sprintf("token rejected (%s): %s", ae.Reason, ae.Error()), Err: err}
+		}
+		return nil, err
+	}
+	pre, err := newPrelude(ident)
+	if err != nil {
+		return nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
+			Message: "token rejected (malformed): " + err.Error()}
+	}
+
+	sess := &Session{
+		srv:   s,
+		nc:    conn,
+		cr:    r,
+		ident: ident,
+		pre:   pre,
+		db:    db,
+		addr:  nc.RemoteAddr().String(),
+		start: time.Now(),
+		ctx:   s.ctx,
+	}
+	sess.cond = sync.NewCond(&sess.mu)
+	sess.log = log.With(zap.String("database", db), zap.String("sub", ident.Sub),
+		zap.String("role", ident.Role), zap.String("jti", ident.JTI))
+	r.SetLimit(s.cfg.MaxMessage)
+	if sess.pool, err = s.poolFor(db); err != nil {
+		return sess, err
+	}
+	clientParams, err := startupSettings(params, s.cfg.Policy)
+	if err != nil {
+		return sess, err
+	}
+	report, err := sess.applyStartup(clientParams)
+	if err != nil {
+		return sess, err
+	}
+	// The client is in: AuthenticationOk, the server's parameters as
+	// this client sees them, pgtoken's own cancel key, ReadyForQuery.
+	s.register(sess)
+	out := append([]byte(nil), wire.MsgAuthenticationOK...)
+	for _, name := range sortedKeys(report) {
+		ps := pgproto3.ParameterStatus{Name: name, Value: report[name]}
+		if out, err = ps.Encode(out); err != nil {
+			return sess, err
+		}
+	}
+	kd := pgproto3.BackendKeyData{ProcessID: sess.id, SecretKey: sess.key}
+	if out, err = kd.Encode(out); err != nil {
+		return sess, err
+	}
+	rfq := wire.ReadyForQuery('I')
+	out = append(out, rfq[:]...)
+	if _, err := conn.Write(out); err != nil {
+		return sess, err
+	}
+	return sess, nil
+}
+
+// negotiate answers a request for a newer 3.x minor version (and any _pq_
+// protocol options) with NegotiateProtocolVersion for 3.0.
+func negotiate(conn net.Conn, params map[string]string) error {
+	var opts []string
+	for k := range params {
+		if strings.HasPrefix(k, "_pq_.") {
+			opts = append(opts, k)
+			delete(params, k)
+		}
+	}
+	m := pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: opts}
+	b, err := m.Encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = conn.Write(b)
+	return err
+}
+
+// isLoopback reports whether addr is a loopback or Unix-socket peer.
+func isLoopback(addr net.Addr) bool {
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
+	case *net.UnixAddr:
+		return true
+	}
+	return false
+}
+
+// finish ends a session: its error (if any) goes to the client, and its
+// server connection is made clean for the next client or dropped.
+func (s *Session) finish(err error) {
+	if err != nil && !errors.Is(err, io.EOF) {
+		var we *wire.Error
+		if errors.As(err, &we) {
+			s.mu.Lock()
+			s.appendMsg(wire.ToResponse(we))
+			s.mu.Unlock()
+			_ = s.flushClient()
+			s.log.Info("session ended", zap.String("sqlstate", we.Code), zap.String("reason", we.Message))
+		} else if !isClosedConn(err) {
+			s.log.Info("session ended", zap.Error(err))
+		}
+	}
+	if c := s.wconn; c != nil {
+		s.wconn = nil
+		_ = c.Flush()
+	}
+	s.mu.Lock()
+	s.ended = true
+	s.writing = false
+	if c := s.conn; c != nil {
+		if s.pending > 0 || s.midBatch || s.maint && s.status != 'I' {
+			// The client left with work in flight: drop the conn rather
+			// than hand anyone a connection in an unknown state.
+			s.detach(c)
+			s.pool.Discard(c)
+		} else {
+			s.maybeRelease()
+		}
+	}
+	s.mu.Unlock()
+	s.log.Info("client disconnected", zap.Duration("duration", time.Since(s.start)))
+}
+
+func isClosedConn(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		strings.Contains(err.Error(), "connection reset by peer")
+}
+
+// applyStartup makes the client's startup settings its session settings
+// and works out the ParameterStatus values it is told. Settings that need
+// the server to check or normalise them (DateStyle, TimeZone, search_path,
+// options=-c ...) take one round trip; application_name and a UTF8
+// client_encoding take none.
+func (s *Session) applyStartup(p map[string]string) (map[string]string, error) {
+	report := maps.Clone(s.pool.ServerParams())
+	needServer := report == nil
+	for name, v := range p {
+		switch name {
+		case "application_name":
+		case "client_encoding":
+			if !isUTF8Name(v) {
+				needServer = true
+			} else {
+				p[name] = "UTF8"
+			}
+		default:
+			needServer = true
+		}
+	}
+	if needServer {
+		canon, err := s.checkSettings(p)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(p, canon)
+		report = maps.Clone(s.pool.ServerParams())
+	}
+	s.params = p
+	if report == nil {
+		report = map[string]string{}
+	}
+	for name, v := range p {
+		if rn, ok := reportedName[name]; ok {
+			report[rn] = v
+		}
+	}
+	if v, ok := p["application_name"]; ok {
+		report["application_name"] = cleanAppName(v)
+	}
+	report["session_authorization"] = s.ident.Role
+	return report, nil
+}
+
+// checkSettings asks the server to validate and normalise the client's
+// startup settings (as local settings in a transaction of their own, so
+// nothing stays behind) and returns the normalised values.
+func (s *Session) checkSettings(p map[string]string) (map[string]string, error) {
+	var b strings.Builder
+	b.WriteString("SELECT n, v FROM (VALUES ")
+	names := sortedKeys(p)
+	if len(names) == 0 {
+		b.WriteString("(NULL::text, NULL::text)")
+	}
+	for i, name := range names {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		writeLiteral(&b, name)
+		b.WriteString(",pg_catalog.set_config(")
+		writeLiteral(&b, name)
+		b.WriteByte(',')
+		writeLiteral(&b, p[name])
+		b.WriteString(",true))")
+	}
+	b.WriteString(") v(n, v)")
+	got := map[string]string{}
+	var qerr *wire.Error
+	err := s.roundTrip(b.String(), func(row []byte) {
+		if n, v, ok := twoTextColumns(row); ok {
+			got[n] = v
+		}
+	}, &qerr)
+	if err != nil {
+		return nil, loginConnectError(err)
+	}
+	if qerr != nil {
+		return nil, &wire.Error{Severity: wire.SeverityFatal, Code: qerr.Code, Message: qerr.Message}
+	}
+	return got, nil
+}
+
+// roundTrip runs one of pgtoken's own queries for this session and waits
+// for it.
+func (s *Session) roundTrip(sql string, collect func([]byte), qerr **wire.Error) error {
+	c, _, err := s.claim()
+	if err != nil {
+		return err
+	}
+	done := false
+	s.maintQuery(c, sql, collect, func(e *wire.Error) {
+		*qerr = e
+		done = true
+	})
+	s.mu.Unlock()
+	s.waitQuiet()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !done {
+		return fmt.Errorf("%w while checking startup settings", pool.ErrConnLost)
+	}
+	return nil
+}
+
+// loginConnectError turns a failure to reach the server during login into
+// what the client sees: the server's own refusal where it is about the
+// database, a generic message otherwise (upstream credentials stay private).
+func loginConnectError(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Code == "3D000", pe.Code == "57P03", pe.Code == "53300":
+			return &wire.Error{Severity: wire.SeverityFatal, Code: pe.Code, Message: pe.Message, Err: err}
+		}
+	}
+	if we := acquireError(err); we != err {
+		var w *wire.Error
+		if errors.As(we, &w) {
+			w.Severity = wire.SeverityFatal
+			return w
+		}
+	}
+	return &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeCannotConnectNow,
+		Message: "pgtoken could not reach the server", Err: err}
+}
+
+// reportedName maps a lowercase setting name to the spelling Postgres uses
+// in ParameterStatus for the settings it reports.
+var reportedName = map[string]string{
+	"application_name":              "application_name",
+	"client_encoding":               "client_encoding",
+	"datestyle":                     "DateStyle",
+	"default_transaction_read_only": "default_transaction_read_only",
+	"intervalstyle":                 "IntervalStyle",
+	"search_path":                   "search_path",
+	"standard_conforming_strings":   "standard_conforming_strings",
+	"timezone":                      "TimeZone",
+}
+
+func isUTF8Name(v string) bool {
+	switch strings.ToUpper(strings.TrimSpace(v)) {
+	case "UTF8", "UTF-8", "UNICODE":
+		return true
+	}
+	return false
+}
+
+// cleanAppName mirrors what Postgres does to application_name: printable
+// ASCII only, at most 63 bytes.
+func cleanAppName(v string) string {
+	b := []byte(v)
+	for i, c := range b {
+		if c < 32 || c > 126 {
+			b[i] = '?'
+		}
+	}
+	if len(b) > 63 {
+		b = b[:63]
+	}
+	return string(b)
+}

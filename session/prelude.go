@@ -1,0 +1,183 @@
+package session
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/pgtoken/pgtoken/authn"
+)
+
+// prelude is what every transaction of one client begins with: its role and
+// its claim settings, local to the transaction. It is built once per
+// session, in the two forms the protocols need, and appended as bytes.
+type prelude struct {
+	// simple is "SET LOCAL ROLE ...;SET LOCAL ... TO ...;": pure ASCII, so
+	// it reads the same in every client encoding and its length in bytes is
+	// its length in characters (error positions are shifted by it).
+	simple string
+	// statements is how many statements simple holds (each answers one
+	// CommandComplete that the client must not see).
+	statements int
+
+	// stmtName/stmtSQL name the parameterised statement the extended form
+	// binds: SELECT set_config($1,$2,true), ... with one pair per setting.
+	// It is prepared once per server connection and shared by every client
+	// whose token has as many settings.
+	stmtName string
+	stmtSQL  string
+	// parse is the Parse message for stmtSQL; bind is the Bind message of
+	// this client's values into the unnamed portal; execute runs it.
+	parse []byte
+	bind  []byte
+}
+
+// maxSettings bounds how many settings a token may carry (and so the size of
+// the prelude); Postgres allows at most 65535 bind parameters.
+const maxSettings = 1000
+
+// newPrelude builds a client's prelude from its verified identity.
+func newPrelude(id *authn.Identity) (*prelude, error) {
+	if len(id.Settings)+1 > maxSettings {
+		return nil, fmt.Errorf("token carries %d claims; at most %d are supported", len(id.Settings), maxSettings-1)
+	}
+	var b strings.Builder
+	b.WriteString("SET LOCAL ROLE ")
+	writeLiteral(&b, id.Role)
+	b.WriteByte(';')
+	for _, s := range id.Settings {
+		b.WriteString("SET LOCAL ")
+		if err := writeSettingName(&b, s.Name); err != nil {
+			return nil, err
+		}
+		b.WriteString(" TO ")
+		writeLiteral(&b, s.Value)
+		b.WriteByte(';')
+	}
+	n := len(id.Settings) + 1
+	p := &prelude{simple: b.String(), statements: n}
+
+	p.stmtName = "pgtoken_prelude_" + strconv.Itoa(n)
+	var q strings.Builder
+	q.WriteString("SELECT ")
+	for i := range n {
+		if i > 0 {
+			q.WriteByte(',')
+		}
+		fmt.Fprintf(&q, "pg_catalog.set_config($%d,$%d,true)", 2*i+1, 2*i+2)
+	}
+	p.stmtSQL = q.String()
+	p.parse = appendParse(nil, p.stmtName, p.stmtSQL)
+
+	params := make([]string, 0, 2*n)
+	params = append(params, "role", id.Role)
+	for _, s := range id.Settings {
+		params = append(params, s.Name, s.Value)
+	}
+	p.bind = appendBind(nil, "", p.stmtName, params)
+	return p, nil
+}
+
+// writeLiteral writes s as an escape-string constant that holds only ASCII:
+// quotes and backslashes are escaped, control characters and everything
+// beyond ASCII become \x or \u / \U escapes. E” strings are read the same
+// whatever standard_conforming_strings says, and ASCII bytes mean the same
+// in every client encoding Postgres supports, so no value can end the
+// literal early.
+func writeLiteral(b *strings.Builder, s string) {
+	b.WriteString("E'")
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '\'' || c == '\\':
+				b.WriteByte('\\')
+				b.WriteByte(c)
+			case c < 0x20 || c == 0x7f:
+				fmt.Fprintf(b, `\x%02x`, c)
+			default:
+				b.WriteByte(c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r <= 0xffff {
+			fmt.Fprintf(b, `\u%04x`, r)
+		} else {
+			fmt.Fprintf(b, `\U%08x`, r)
+		}
+		i += size
+	}
+	b.WriteByte('\'')
+}
+
+// writeSettingName writes a dotted setting name with each part quoted.
+func writeSettingName(b *strings.Builder, name string) error {
+	parts := strings.Split(name, ".")
+	if len(parts) < 2 {
+		return fmt.Errorf("setting name %q has no dot", name)
+	}
+	for i, part := range parts {
+		if !validNamePart(part) {
+			return fmt.Errorf("setting name %q is not an identifier path", name)
+		}
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteByte('"')
+		b.WriteString(part)
+		b.WriteByte('"')
+	}
+	return nil
+}
+
+// validNamePart reports whether part is an ASCII identifier (letters, digits,
+// _ and $, not starting with a digit or $), as Postgres requires of each part
+// of a custom setting name.
+func validNamePart(part string) bool {
+	if part == "" {
+		return false
+	}
+	for i := 0; i < len(part); i++ {
+		c := part[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_':
+		case i > 0 && (c >= '0' && c <= '9' || c == '$'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// appendParse appends a Parse message with no parameter types.
+func appendParse(dst []byte, name, sql string) []byte {
+	at := len(dst)
+	dst = append(dst, 'P', 0, 0, 0, 0)
+	dst = append(append(dst, name...), 0)
+	dst = append(append(dst, sql...), 0)
+	dst = binary.BigEndian.AppendUint16(dst, 0)
+	binary.BigEndian.PutUint32(dst[at+1:], uint32(len(dst)-at-1))
+	return dst
+}
+
+// appendBind appends a Bind of text parameters into portal, with text
+// results.
+func appendBind(dst []byte, portal, stmt string, params []string) []byte {
+	at := len(dst)
+	dst = append(dst, 'B', 0, 0, 0, 0)
+	dst = append(append(dst, portal...), 0)
+	dst = append(append(dst, stmt...), 0)
+	dst = binary.BigEndian.AppendUint16(dst, 0) // all parameters in text
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(params)))
+	for _, p := range params {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(p)))
+		dst = append(dst, p...)
+	}
+	dst = binary.BigEndian.AppendUint16(dst, 0) // all results in text
+	binary.BigEndian.PutUint32(dst[at+1:], uint32(len(dst)-at-1))
+	return dst
+}
