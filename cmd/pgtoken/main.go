@@ -1,0 +1,236 @@
+// Command pgtoken is a Postgres connection proxy that takes a JWT as the
+// password and runs every transaction under the token's role and claims.
+//
+//	pgtoken serve --config FILE      run the proxy
+//	pgtoken check --config FILE      validate and print the effective config
+//	pgtoken keygen --alg EdDSA       print a JWKS holding a new private key
+//	pgtoken mint --key FILE --claims JSON --ttl 1h
+//	pgtoken version
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/pgtoken/pgtoken/authn"
+	"github.com/pgtoken/pgtoken/internal/app"
+	"github.com/pgtoken/pgtoken/internal/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(args[1:], stderr)
+	case "check":
+		err = check(args[1:], stdout)
+	case "keygen":
+		err = keygen(args[1:], stdout)
+	case "mint":
+		err = mint(args[1:], stdout)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "pgtoken", version)
+	case "help", "-h", "--help":
+		usage(stdout)
+	default:
+		fmt.Fprintf(stderr, "pgtoken: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "pgtoken:", err)
+		return 1
+	}
+	return 0
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: pgtoken <command> [flags]
+
+commands:
+  serve   --config FILE   run the proxy (flags override PGTOKEN_* variables, which override the file)
+  check   --config FILE   validate the configuration and print it with secrets redacted
+  keygen  --alg ALG       print a JWKS with a new private key (EdDSA, ES256, RS256, HS256)
+  mint    --key FILE --claims JSON [--ttl 1h]   print a signed token
+  version                 print the version
+`)
+}
+
+// configFlags are the common settings also available as flags.
+type configFlags struct {
+	path string
+	set  map[string]*string
+}
+
+func addConfigFlags(fs *flag.FlagSet) *configFlags {
+	cf := &configFlags{set: map[string]*string{}}
+	fs.StringVar(&cf.path, "config", "", "YAML configuration file")
+	for flagName, path := range map[string]string{
+		"listen":    "listen",
+		"upstream":  "upstream",
+		"log-level": "log_level",
+		"pool-mode": "pool.mode",
+		"pool-size": "pool.size",
+		"metrics":   "metrics_listen",
+	} {
+		cf.set[path] = fs.String(flagName, "", "sets "+path)
+	}
+	return cf
+}
+
+// load reads the file, then the environment, then the flags that were given.
+func (cf *configFlags) load(fs *flag.FlagSet) (config.Config, error) {
+	cfg, err := config.Load(cf.path, os.Environ())
+	if err != nil {
+		return cfg, err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for path, v := range cf.set {
+		if flagName := flagFor(path); given[flagName] {
+			if err := config.Set(&cfg, path, *v); err != nil {
+				return cfg, err
+			}
+		}
+	}
+	return cfg, nil
+}
+
+func flagFor(path string) string {
+	switch path {
+	case "log_level":
+		return "log-level"
+	case "pool.mode":
+		return "pool-mode"
+	case "pool.size":
+		return "pool-size"
+	case "metrics_listen":
+		return "metrics"
+	}
+	return path
+}
+
+func serve(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cf := addConfigFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := cf.load(fs)
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log, err := app.NewLogger(cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	a, err := app.Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return a.Close()
+}
+
+func check(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	cf := addConfigFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := cf.load(fs)
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	out, err := yaml.Marshal(cfg.Redacted())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "# configuration is valid; effective settings (secrets redacted):\n%s", out)
+	return nil
+}
+
+func keygen(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	alg := fs.String("alg", "EdDSA", "EdDSA, ES256, RS256 or HS256")
+	public := fs.String("public", "", "also write the public-only JWKS to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	priv, pub, err := authn.GenerateJWKS(*alg)
+	if err != nil {
+		return err
+	}
+	if *public != "" {
+		if err := os.WriteFile(*public, append(pub, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n", priv)
+	return err
+}
+
+func mint(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("mint", flag.ContinueOnError)
+	key := fs.String("key", "", "JWKS file holding a private key (from pgtoken keygen)")
+	claimsJSON := fs.String("claims", "{}", "claims as a JSON object")
+	ttl := fs.Duration("ttl", time.Hour, "lifetime; sets exp unless the claims have one (0: no exp)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *key == "" {
+		return errors.New("mint: --key is required")
+	}
+	raw, err := os.ReadFile(*key)
+	if err != nil {
+		return err
+	}
+	var claims map[string]any
+	dec := json.NewDecoder(strings.NewReader(*claimsJSON))
+	dec.UseNumber()
+	if err := dec.Decode(&claims); err != nil {
+		return fmt.Errorf("mint: --claims must be a JSON object: %w", err)
+	}
+	tok, err := authn.Mint(raw, claims, *ttl, time.Now())
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, tok)
+	return err
+}

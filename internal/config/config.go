@@ -1,0 +1,312 @@
+// Package config reads pgtoken's YAML configuration, overlays environment
+// variables (PGTOKEN_<SECTION>_<KEY>) and validates it. Defaults live in
+// Default, the single source the docs are generated from.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Listen        string              `yaml:"listen" doc:"address clients connect to"`
+	Upstream      string              `yaml:"upstream" doc:"server connection string (any DSN pgconn accepts); the client's database name replaces its database" secret:"password"`
+	LogLevel      string              `yaml:"log_level" doc:"debug, info, warn or error"`
+	LogFormat     string              `yaml:"log_format" doc:"console or json"`
+	MetricsListen string              `yaml:"metrics_listen" doc:"host:port for /metrics, /healthz and /readyz; empty disables"`
+	Pool          Pool                `yaml:"pool"`
+	Databases     map[string]Database `yaml:"databases" doc:"client database name → its own upstream and pool size"`
+	JWT           JWT                 `yaml:"jwt"`
+	Claims        Claims              `yaml:"claims"`
+	TLS           TLS                 `yaml:"tls"`
+	Guard         Guard               `yaml:"guard"`
+	Limits        Limits              `yaml:"limits"`
+}
+
+// Pool configures server connections.
+type Pool struct {
+	Mode                   string   `yaml:"mode" doc:"transaction (a server connection per transaction) or session"`
+	Size                   int      `yaml:"size" doc:"server connections per database"`
+	WaitTimeout            Duration `yaml:"wait_timeout" doc:"how long a client waits for a free server connection"`
+	ConnectTimeout         Duration `yaml:"connect_timeout" doc:"how long one login to the server may take"`
+	IdleTransactionTimeout Duration `yaml:"idle_transaction_timeout" doc:"a client idle inside a transaction longer than this is disconnected; 0 disables"`
+}
+
+// Database maps one client database name to an upstream.
+type Database struct {
+	Upstream string `yaml:"upstream" secret:"password"`
+	PoolSize int    `yaml:"pool_size"`
+}
+
+// JWT configures token verification.
+type JWT struct {
+	Secret       string     `yaml:"secret" doc:"HS256/384/512 shared secret" secret:"all"`
+	JWKS         StringList `yaml:"jwks" doc:"JWKS URL(s): file:///path or https://issuer/.well-known/jwks.json"`
+	PublicKeys   StringList `yaml:"public_keys" doc:"PEM public-key files (RSA, ECDSA, Ed25519)"`
+	Algorithms   StringList `yaml:"algorithms" doc:"allowed algorithms; empty = every family with a configured key"`
+	Issuer       string     `yaml:"issuer" doc:"required iss, when set"`
+	Audience     string     `yaml:"audience" doc:"required aud, when set"`
+	Leeway       Duration   `yaml:"leeway" doc:"clock skew allowed for exp and nbf"`
+	RequireExp   bool       `yaml:"require_exp" doc:"refuse tokens without exp"`
+	RoleClaim    string     `yaml:"role_claim" doc:"path of the role claim, PostgREST style"`
+	AnonRole     string     `yaml:"anon_role" doc:"role for tokens without a role claim; empty refuses them"`
+	AllowedRoles StringList `yaml:"allowed_roles" doc:"roles a token may name"`
+	CacheSize    int        `yaml:"cache_size" doc:"verified tokens kept (by hash, until exp)"`
+}
+
+// Claims configures how claims reach Postgres.
+type Claims struct {
+	Prefix string `yaml:"prefix" doc:"each claim becomes the setting <prefix>.<name>"`
+	JSON   string `yaml:"json" doc:"setting that receives all claims as JSON (e.g. request.jwt.claims); empty disables"`
+}
+
+// TLS configures client-facing TLS.
+type TLS struct {
+	Cert             string `yaml:"cert" doc:"PEM certificate file; with key, enables TLS for clients"`
+	Key              string `yaml:"key" doc:"PEM private key file"`
+	RequireForRemote bool   `yaml:"require_for_remote" doc:"refuse a token sent in clear text from a non-loopback address"`
+}
+
+// Guard configures the statement guard.
+type Guard struct {
+	AllowDo bool `yaml:"allow_do" doc:"let DO blocks through (PL/pgSQL EXECUTE can build any statement)"`
+}
+
+// Limits bound what one client may make pgtoken hold.
+type Limits struct {
+	StartupTimeout   Duration `yaml:"startup_timeout" doc:"time allowed from connect to login"`
+	MaxStartupPacket int      `yaml:"max_startup_packet" doc:"bytes"`
+	MaxPassword      int      `yaml:"max_password" doc:"bytes; the token is the password"`
+	MaxMessage       int      `yaml:"max_message" doc:"largest client message buffered whole, bytes"`
+	MaxClientConn    int      `yaml:"max_client_conn" doc:"0 = unlimited"`
+}
+
+// Default returns the configuration used for every key a file leaves out.
+func Default() Config {
+	return Config{
+		Listen:    "127.0.0.1:6432",
+		LogLevel:  "info",
+		LogFormat: "console",
+		Pool: Pool{
+			Mode:           "transaction",
+			Size:           20,
+			WaitTimeout:    Duration(30 * time.Second),
+			ConnectTimeout: Duration(10 * time.Second),
+		},
+		JWT: JWT{
+			Leeway:     Duration(30 * time.Second),
+			RequireExp: true,
+			RoleClaim:  ".role",
+			CacheSize:  10000,
+		},
+		Claims: Claims{Prefix: "jwt.claims"},
+		TLS:    TLS{RequireForRemote: true},
+		Limits: Limits{
+			StartupTimeout:   Duration(10 * time.Second),
+			MaxStartupPacket: 10000,
+			MaxPassword:      64 << 10,
+			MaxMessage:       64 << 20,
+		},
+	}
+}
+
+// Load reads a YAML file over the defaults, then the environment.
+func Load(path string, env []string) (Config, error) {
+	cfg := Default()
+	if path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("config: %w", err)
+		}
+		if err := Parse(raw, &cfg); err != nil {
+			return cfg, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := ApplyEnv(&cfg, env); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML into cfg, refusing unknown keys.
+func Parse(raw []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	// An empty file means "all defaults".
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// Validate checks the configuration; every error names its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "want host:port, got %q", c.Listen)
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			bad("metrics_listen", "want host:port, got %q", c.MetricsListen)
+		}
+	}
+	if c.Upstream == "" {
+		bad("upstream", "required: the server connection string, e.g. postgres://authenticator:secret@127.0.0.1:5432/app")
+	} else if _, err := pgconn.ParseConfig(c.Upstream); err != nil {
+		bad("upstream", "%v", redactErr(err))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "want debug, info, warn or error, got %q", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "console", "json":
+	default:
+		bad("log_format", "want console or json, got %q", c.LogFormat)
+	}
+	switch c.Pool.Mode {
+	case "transaction", "session":
+	default:
+		bad("pool.mode", "want transaction or session, got %q", c.Pool.Mode)
+	}
+	if c.Pool.Size <= 0 {
+		bad("pool.size", "must be positive, got %d", c.Pool.Size)
+	}
+	if c.Pool.WaitTimeout < 0 {
+		bad("pool.wait_timeout", "must not be negative")
+	}
+	for name, d := range c.Databases {
+		if d.Upstream == "" {
+			bad("databases."+name+".upstream", "required")
+		} else if _, err := pgconn.ParseConfig(d.Upstream); err != nil {
+			bad("databases."+name+".upstream", "%v", redactErr(err))
+		}
+		if d.PoolSize < 0 {
+			bad("databases."+name+".pool_size", "must not be negative")
+		}
+	}
+	if c.JWT.Secret == "" && len(c.JWT.JWKS) == 0 && len(c.JWT.PublicKeys) == 0 {
+		bad("jwt", "no key configured: set jwt.secret, jwt.jwks or jwt.public_keys")
+	}
+	if len(c.JWT.AllowedRoles) == 0 {
+		bad("jwt.allowed_roles", "required: the roles a token may name")
+	}
+	for _, a := range c.JWT.Algorithms {
+		if strings.EqualFold(a, "none") {
+			bad("jwt.algorithms", "\"none\" is never allowed")
+		}
+	}
+	if c.JWT.Leeway < 0 {
+		bad("jwt.leeway", "must not be negative")
+	}
+	if !validSettingPath(c.Claims.Prefix) {
+		bad("claims.prefix", "want a dotted identifier like jwt.claims, got %q", c.Claims.Prefix)
+	}
+	if c.Claims.JSON != "" && !validSettingPath(c.Claims.JSON) {
+		bad("claims.json", "want a dotted identifier like request.jwt.claims, got %q", c.Claims.JSON)
+	}
+	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
+		bad("tls", "set both tls.cert and tls.key, or neither")
+	}
+	if c.Limits.MaxPassword < 1024 {
+		bad("limits.max_password", "must be at least 1024 bytes")
+	}
+	if c.Limits.MaxMessage < 1<<20 {
+		bad("limits.max_message", "must be at least 1 MiB")
+	}
+	return errors.Join(errs...)
+}
+
+// validSettingPath reports whether s is a custom setting name Postgres
+// accepts: dot-separated ASCII identifiers, at least two.
+func validSettingPath(s string) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) < 2 {
+		return false
+	}
+	for _, p := range parts {
+		if p == "" {
+			return false
+		}
+		for i := 0; i < len(p); i++ {
+			c := p[i]
+			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || i > 0 && (c >= '0' && c <= '9' || c == '$')
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// redactErr keeps a DSN parse error from echoing the DSN (which may hold a
+// password).
+func redactErr(err error) error {
+	msg := err.Error()
+	if i := strings.Index(msg, "("); i > 0 && strings.Contains(msg, "://") {
+		msg = msg[:i]
+	}
+	return errors.New(strings.TrimSpace(msg))
+}
+
+// Duration is a time.Duration written as "30s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: want a duration like 30s, got %q", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// StringList accepts a single string or a list.
+type StringList []string
+
+// UnmarshalYAML accepts "x" or [x, y].
+func (l *StringList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var s string
+		if err := n.Decode(&s); err != nil {
+			return err
+		}
+		if s == "" {
+			*l = nil
+		} else {
+			*l = StringList{s}
+		}
+		return nil
+	}
+	var xs []string
+	if err := n.Decode(&xs); err != nil {
+		return err
+	}
+	*l = xs
+	return nil
+}

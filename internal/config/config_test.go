@@ -1,0 +1,127 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `
+upstream: postgres://authenticator:s3cret@127.0.0.1:5432/app?sslmode=disable
+jwt:
+  secret: "0123456789abcdef0123456789abcdef"
+  jwks: file:///etc/pgtoken/jwks.json
+  allowed_roles: [web_user, web_anon]
+`
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pgtoken.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadAppliesDefaultsAndTheIssueExample(t *testing.T) {
+	cfg, err := Load(write(t, minimal+`
+pool: {mode: session, size: 7, wait_timeout: 5s}
+claims: {prefix: jwt.claims, json: request.jwt.claims}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:6432" || cfg.Pool.Mode != "session" || cfg.Pool.Size != 7 ||
+		cfg.Pool.WaitTimeout.D() != 5*time.Second || cfg.JWT.Leeway.D() != 30*time.Second ||
+		cfg.JWT.RoleClaim != ".role" || cfg.Claims.JSON != "request.jwt.claims" || !cfg.JWT.RequireExp {
+		t.Fatalf("unexpected config: %+v", cfg)
+	}
+	if len(cfg.JWT.JWKS) != 1 || cfg.JWT.JWKS[0] != "file:///etc/pgtoken/jwks.json" {
+		t.Fatalf("jwks as a single string: %q", cfg.JWT.JWKS)
+	}
+}
+
+func TestPrecedenceFlagsOverEnvOverFile(t *testing.T) {
+	path := write(t, minimal+"pool: {size: 3}\nlog_level: warn\n")
+	env := []string{"PGTOKEN_POOL_SIZE=5", "PGTOKEN_LOG_LEVEL=debug", "PGTOKEN_JWT_ALLOWED_ROLES=a, b", "UNRELATED=1"}
+	cfg, err := Load(path, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Pool.Size != 5 || cfg.LogLevel != "debug" || strings.Join(cfg.JWT.AllowedRoles, "|") != "a|b" {
+		t.Fatalf("env did not override the file: %+v", cfg)
+	}
+	// A flag (config.Set) beats both.
+	if err := Set(&cfg, "pool.size", "9"); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Pool.Size != 9 {
+		t.Fatalf("flag did not override env: %d", cfg.Pool.Size)
+	}
+	// Without env, the file wins over the default.
+	cfg, _ = Load(path, nil)
+	if cfg.Pool.Size != 3 || cfg.LogLevel != "warn" {
+		t.Fatalf("file did not override defaults: %+v", cfg)
+	}
+}
+
+func TestErrorsNameTheKey(t *testing.T) {
+	for _, tc := range []struct{ body, env, want string }{
+		{minimal + "pool: {mode: bogus}\n", "", "pool.mode"},
+		{minimal + "pool: {size: 0}\n", "", "pool.size"},
+		{minimal + "pool: {wait_timeout: soon}\n", "", "want a duration"},
+		{minimal + "claims: {prefix: 'not a path'}\n", "", "claims.prefix"},
+		{minimal + "tls: {cert: a.pem}\n", "", "tls"},
+		{minimal, "PGTOKEN_JWT_ALGORITHMS=none", "jwt.algorithms"},
+		{minimal + "nosuchkey: 1\n", "", "nosuchkey"},
+		{"upstream: ''\n", "", "upstream"},
+		{minimal, "PGTOKEN_POOL_SIZE=many", "pool.size"},
+	} {
+		var env []string
+		if tc.env != "" {
+			env = []string{tc.env}
+		}
+		cfg, err := Load(write(t, tc.body), env)
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q %q: error %v, want one naming %q", tc.body, tc.env, err, tc.want)
+		}
+	}
+}
+
+func TestRedactedHidesSecrets(t *testing.T) {
+	cfg, err := Load(write(t, minimal+"databases: {other: {upstream: 'host=x password=hunter2 dbname=o'}}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Redacted()
+	if strings.Contains(r.Upstream, "s3cret") || r.JWT.Secret != "REDACTED" || strings.Contains(r.Databases["other"].Upstream, "hunter2") {
+		t.Fatalf("secrets leak: %+v", r)
+	}
+	if cfg.JWT.Secret == "REDACTED" {
+		t.Fatal("Redacted changed the original")
+	}
+}
+
+func TestDocsAreGeneratedFromDefaults(t *testing.T) {
+	d := Docs()
+	for _, want := range []string{"`pool.size` | `20` | `PGTOKEN_POOL_SIZE`", "`jwt.leeway` | `30s`", "`claims.prefix` | `jwt.claims`"} {
+		if !strings.Contains(d, want) {
+			t.Errorf("docs lack %q", want)
+		}
+	}
+	committed, err := os.ReadFile(filepath.Join("..", "..", "docs", "CONFIG.md"))
+	if err != nil {
+		t.Fatalf("docs/CONFIG.md: %v (run make docs)", err)
+	}
+	if !strings.Contains(string(committed), d) {
+		t.Fatal("docs/CONFIG.md is out of date with the code's defaults: run make docs")
+	}
+}
