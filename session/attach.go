@@ -103,11 +103,18 @@ func (s *Session) syncParams(c *pool.Conn) {
 // maintQuery queues and writes one of pgtoken's own queries on c (under mu;
 // the caller owns c.W).
 func (s *Session) maintQuery(c *pool.Conn, sql string, collect func([]byte), done func(*wire.Error)) {
+	beginQuery(c)
 	at := c.W.Begin('Q')
 	c.W.AppendCString(sql)
 	c.W.End(at)
 	s.q.push(unit{kind: uQuery, own: ownMaint, collect: collect, done: done})
 	s.pending++
+}
+
+// beginQuery notes that a simple Query is about to go to c: Postgres drops
+// the unnamed statement on every Query.
+func beginQuery(c *pool.Conn) {
+	c.UnnamedOwner = 0
 }
 
 // maybeRelease gives the conn back to the pool once the client's

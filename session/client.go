@@ -2,7 +2,6 @@ package session
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"time"
@@ -149,6 +148,9 @@ func (s *Session) onQuery(frame []byte) error {
 	if len(stmts) == 0 {
 		return s.localAnswer(wire.MsgEmptyQueryResponse, true)
 	}
+	if done, err := s.ownStatement(sql, stmts); done {
+		return err
+	}
 	if v := s.srv.cfg.Policy.Check(sql, stmts); v != nil {
 		return s.refuse(guardError(v.Reason), true)
 	}
@@ -163,26 +165,34 @@ func (s *Session) onQuery(frame []byte) error {
 	if s.takeTxLost() {
 		return s.localError(errTxLost(), true)
 	}
-	c, _, err := s.claim()
+	c, err := s.claimUnit()
 	if err != nil {
 		return s.localError(acquireError(err), true)
 	}
-	base, wait := s.baseStatus()
-	if wait {
-		s.mu.Unlock()
-		s.waitQuiet()
-		if c, _, err = s.claim(); err != nil {
-			return s.localError(acquireError(err), true)
-		}
-		base, _ = s.baseStatus()
-	}
+	base := s.unitBase
 	needPrelude := base == 'I'
 	u := unit{kind: uQuery}
+	if k := stmts[0].Kind; len(stmts) == 1 && (k == sqlscan.KindPrepare || k == sqlscan.KindExecute) {
+		r, werr := s.sqlPrepared(c, sql, &stmts[0])
+		if werr != nil {
+			s.mu.Unlock()
+			return s.refuse(werr, true)
+		}
+		if r.local {
+			s.mu.Unlock()
+			return s.localAnswer(wire.AppendCommandComplete(nil, "PREPARE"), true)
+		}
+		sql, cuts, u.done, u.noPosition = r.text, nil, r.done, true
+		u.skip = r.own
+	}
+	beginQuery(c)
+	s.unnamedStmt = nil // as on a direct connection: a Query drops it
 	w := c.W
 	at := w.Begin('Q')
 	if needPrelude {
 		w.AppendString(s.pre.simple)
-		u.skip, u.prefix = s.pre.statements, len(s.pre.simple)
+		u.skip += s.pre.statements
+		u.prefix = len(s.pre.simple)
 	}
 	s.appendInjected(w, sql, cuts, &u)
 	w.AppendBytes([]byte{0})
@@ -192,10 +202,37 @@ func (s *Session) onQuery(frame []byte) error {
 	s.noteSettings(stmts)
 	s.predicted = predict(base, stmts)
 	s.mu.Unlock()
-	if s.srv.cfg.Mode == ModeTransaction {
-		s.resetPortals()
-	}
 	return nil
+}
+
+// claimUnit claims the server connection for a Query or the first message of
+// a batch and settles how that unit starts (under mu on success): it waits
+// out answers in flight when the transaction status cannot be predicted
+// safely, and at a transaction's start brings the connection's settings in
+// line with the client's and forgets the portals of the last transaction.
+// s.unitBase is the status the unit starts from.
+func (s *Session) claimUnit() (*pool.Conn, error) {
+	c, _, err := s.claim()
+	if err != nil {
+		return nil, err
+	}
+	base, wait := s.baseStatus()
+	if wait {
+		s.mu.Unlock()
+		s.waitQuiet()
+		if c, _, err = s.claim(); err != nil {
+			return nil, err
+		}
+		base, _ = s.baseStatus()
+	}
+	s.batchGen++
+	s.unitBase = base
+	if base == 'I' {
+		s.syncParams(c)
+		clear(s.portals)
+		s.unnamedPortalLive = false
+	}
+	return c, nil
 }
 
 // cut is a place in a Query's text where the prelude goes again: after a
@@ -261,41 +298,18 @@ func (s *Session) appendInjected(w *wire.Writer, sql string, cuts []cut, u *unit
 }
 
 // terminator returns the offset just past the ';' that ends the statement
-// whose last token ends at end, or -1 when the text ends first. Between a
-// statement and its ';' there is only whitespace and comments.
+// whose last token ends at end, -1 when the text ends first, or -2 when
+// something other than whitespace and comments comes first (which the
+// lexer's statement boundaries rule out).
 func terminator(sql string, end int) int {
-	i := end
-	for i < len(sql) {
-		switch c := sql[i]; {
-		case c == ';':
-			return i + 1
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
-			i++
-		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
-			for i < len(sql) && sql[i] != '\n' && sql[i] != '\r' {
-				i++
-			}
-		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
-			depth := 0
-			for i < len(sql) {
-				if sql[i] == '/' && i+1 < len(sql) && sql[i+1] == '*' {
-					depth++
-					i += 2
-				} else if sql[i] == '*' && i+1 < len(sql) && sql[i+1] == '/' {
-					depth--
-					i += 2
-					if depth == 0 {
-						break
-					}
-				} else {
-					i++
-				}
-			}
-		default:
-			return -2 // not trivia: the caller refuses the query
-		}
+	i := skipTrivia(sql, end)
+	switch {
+	case i >= len(sql):
+		return -1
+	case sql[i] == ';':
+		return i + 1
 	}
-	return -1
+	return -2
 }
 
 // baseStatus returns the transaction status the next message starts from
@@ -325,7 +339,7 @@ func (s *Session) noteSettings(stmts []sqlscan.Statement) {
 				if s.custom == nil {
 					s.custom = map[string]bool{}
 				}
-				s.custom[strings.ToLower(st.Name)] = true
+				s.custom[strings.Clone(strings.ToLower(st.Name))] = true // Name may alias the read buffer
 			}
 		}
 	}
@@ -349,11 +363,9 @@ func (s *Session) notInTransactionMode(stmts []sqlscan.Statement) *wire.Error {
 			what = "cursors WITH HOLD"
 		case st.Flags&sqlscan.FlagTempObject != 0:
 			what = "temporary objects that outlive the transaction"
-		case st.Kind == sqlscan.KindPrepare || st.Kind == sqlscan.KindExecute || st.Kind == sqlscan.KindDeallocate:
-			what = "SQL-level PREPARE/EXECUTE/DEALLOCATE"
-		case st.Kind == sqlscan.KindResetAll || st.Kind == sqlscan.KindDiscard:
-			what = strings.ToUpper(strings.Fields(st.Value + " RESET ALL")[0])
-			what = "RESET ALL and DISCARD"
+		case (st.Kind == sqlscan.KindPrepare || st.Kind == sqlscan.KindExecute) && len(stmts) > 1:
+			return wire.Errorf(wire.CodeFeatureNotSupported,
+				"pgtoken runs SQL-level PREPARE and EXECUTE only as a query of their own")
 		default:
 			continue
 		}
@@ -424,6 +436,7 @@ func (s *Session) refuse(e *wire.Error, simple bool) error {
 	}
 	const bogus = "pgtoken refused this statement"
 	if simple {
+		beginQuery(c)
 		at := c.W.Begin('Q')
 		c.W.AppendCString(bogus)
 		c.W.End(at)
@@ -467,17 +480,38 @@ func (s *Session) localError(err error, simple bool) error {
 // localAnswer sends bytes pgtoken answers itself, in order with whatever
 // the server still owes the client; rfq adds a ReadyForQuery.
 func (s *Session) localAnswer(b []byte, rfq bool) error {
+	return s.localAnswerApply(b, rfq, nil)
+}
+
+// localAnswerApply is localAnswer with an effect that happens when the
+// answer is given — not if an earlier error in the batch means Postgres
+// would have skipped the message.
+func (s *Session) localAnswerApply(b []byte, rfq bool, apply func()) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.q.len() == 0 {
+		if s.skipping && !rfq {
+			return nil
+		}
 		s.out = append(s.out, b...)
 		if rfq {
 			r := wire.ReadyForQuery(s.localStatus())
 			s.out = append(s.out, r[:]...)
 		}
+		if apply != nil {
+			apply()
+		}
 		return nil
 	}
-	s.q.push(unit{kind: uLocal, local: append([]byte(nil), b...), rfq: rfq})
+	u := unit{kind: uLocal, local: append([]byte(nil), b...), rfq: rfq}
+	if apply != nil {
+		u.done = func(err *wire.Error) {
+			if err == nil {
+				apply()
+			}
+		}
+	}
+	s.q.push(u)
 	if rfq {
 		s.pending++
 	}
@@ -494,113 +528,53 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 		return s.localAnswer(nil, true)
 	}
 	body := frame[5:]
-	kind := sqlscan.KindOther
-	var uk unitKind
-	switch typ {
-	case 'P':
-		name, query, ok := wire.ParseHead(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Parse message")
-		}
-		sql := text(query)
-		s.scan = sqlscan.Split(sql, s.scan[:0])
-		if v := s.srv.cfg.Policy.Check(sql, s.scan); v != nil {
-			return s.refuse(guardError(v.Reason), false)
-		}
-		if e := s.notInTransactionMode(s.scan); e != nil {
-			return s.refuse(e, false)
-		}
-		if strings.HasPrefix(text(name), "pgtoken_") {
-			return s.refuse(wire.Errorf(wire.CodeInvalidSQLStatementName, "statement names beginning with pgtoken_ are reserved"), false)
-		}
-		if len(s.scan) == 1 {
-			kind = s.scan[0].Kind
-		}
-		s.setStmtKind(name, kind)
-		uk = uParse
-	case 'B':
-		portal, stmt, ok := wire.BindHead(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Bind message")
-		}
-		kind = s.stmtKind(stmt)
-		s.setPortalKind(portal, kind)
-		uk = uBind
-	case 'D':
-		k, name, ok := wire.TargetName(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Describe message")
-		}
-		if k == 'S' {
-			kind, uk = s.stmtKind(name), uDescribeS
-		} else {
-			kind, uk = s.portalKind(name), uDescribeP
-		}
-	case 'E':
-		portal, ok := wire.ExecutePortal(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Execute message")
-		}
-		kind, uk = s.portalKind(portal), uExecute
-	case 'C':
-		k, name, ok := wire.TargetName(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Close message")
-		}
-		if k == 'S' && strings.HasPrefix(text(name), "pgtoken_") {
-			return s.refuse(wire.Errorf(wire.CodeInvalidSQLStatementName, "statement names beginning with pgtoken_ are reserved"), false)
-		}
-		uk = uClose
-	case 'H':
-		s.mu.Lock()
-		idle := s.conn == nil
-		s.mu.Unlock()
-		if idle {
-			return nil
-		}
-	case 'S':
+	var m extMsg
+	if err := s.readExtended(typ, body, &m); err != nil {
+		return err
+	}
+	if m.refuse != nil {
+		return s.refuse(m.refuse, false)
+	}
+	if m.local != nil {
+		return s.localAnswerApply(m.local, false, m.apply)
+	}
+	if typ == 'H' || typ == 'S' {
 		s.mu.Lock()
 		idle := s.conn == nil && !s.midBatch
 		s.mu.Unlock()
 		if idle {
-			return s.localAnswer(nil, true)
+			if typ == 'S' {
+				return s.localAnswer(nil, true)
+			}
+			return nil
 		}
-		uk = uSync
 	}
-
 	if !s.midBatch && s.takeTxLost() {
 		return s.localError(errTxLost(), typ == 'S')
 	}
-	c, _, err := s.claim()
+	var c *pool.Conn
+	var err error
+	if s.midBatch {
+		c, _, err = s.claim()
+	} else {
+		c, err = s.claimUnit()
+		if err == nil {
+			s.preludePending = s.unitBase == 'I'
+			s.chainOpen = false
+			s.predicted = s.unitBase
+		}
+	}
 	if err != nil {
 		return s.localError(acquireError(err), typ == 'S')
 	}
-	if !s.midBatch {
-		base, wait := s.baseStatus()
-		if wait {
-			s.mu.Unlock()
-			s.waitQuiet()
-			if c, _, err = s.claim(); err != nil {
-				return s.localError(acquireError(err), typ == 'S')
-			}
-			base, _ = s.baseStatus()
-		}
-		s.preludePending = base == 'I'
-		s.chainOpen = false
-		s.predicted = base
-		if base == 'I' && s.srv.cfg.Mode == ModeTransaction {
-			s.resetPortals()
-		}
-	}
 	if s.skipping {
 		// The server ignores everything up to Sync; so do the answers.
-		if typ == 'S' {
-			s.skipping = false
-		} else {
+		if typ != 'S' {
 			s.mu.Unlock()
 			_, err := c.W.Write(frame)
 			return err
 		}
+		s.skipping = false
 	}
 	if s.preludePending {
 		switch {
@@ -610,45 +584,219 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 			}
 			s.preludePending = false
 		case typ == 'P' || typ == 'B' || typ == 'D' || typ == 'E':
-			if !needsNoRole(kind) {
+			if !needsNoRole(m.stmt.kindOf()) {
 				s.appendExtendedPrelude(c)
 				s.preludePending = false
 			}
 		}
 	}
-	if uk != 0 {
-		s.q.push(unit{kind: uk})
+	switch typ {
+	case 'P':
+		s.clientParse(c, string(m.name), m.stmt)
+	case 'B':
+		if werr := s.ensureStmt(c, m.stmt); werr != nil {
+			s.mu.Unlock()
+			return s.refuse(werr, false)
+		}
+		if m.stmt.server == "" {
+			_, err = c.W.Write(frame)
+		} else {
+			rewriteBind(c, body, m.portal, m.stmt.server)
+		}
+		s.setPortal(m.portal, m.stmt)
+		if len(m.portal) == 0 {
+			s.unnamedPortalLive = true
+		}
+		s.q.push(unit{kind: uBind})
+	case 'D':
+		if !m.describePortal {
+			if werr := s.ensureStmt(c, m.stmt); werr != nil {
+				s.mu.Unlock()
+				return s.refuse(werr, false)
+			}
+			if m.stmt.server == "" {
+				_, err = c.W.Write(frame)
+			} else {
+				rewriteDescribeStmt(c, m.stmt.server)
+			}
+			s.q.push(unit{kind: uDescribeS})
+		} else {
+			_, err = c.W.Write(frame)
+			s.q.push(unit{kind: uDescribeP})
+		}
+	case 'E':
+		_, err = c.W.Write(frame)
+		s.q.push(unit{kind: uExecute})
+		s.afterExecute(m.stmt)
+	case 'C':
+		_, err = c.W.Write(frame)
+		s.q.push(unit{kind: uClose})
+	case 'H':
+		_, err = c.W.Write(frame)
+	case 'S':
+		_, err = c.W.Write(frame)
+		s.q.push(unit{kind: uSync})
+		s.pending++
 	}
 	if typ == 'S' {
-		s.pending++
 		s.midBatch = false
 	} else if typ != 'H' {
 		s.midBatch = true
 	}
-	if typ == 'E' {
-		switch {
-		case txEnds(kind):
-			s.preludePending = true
-			s.chainOpen = false // set below for chains
-			s.predicted = 'I'
-		case kind == sqlscan.KindCall || kind == sqlscan.KindDo:
-			// A procedure may COMMIT: what follows in the batch gets the
-			// prelude again.
-			s.preludePending = true
-		case kind == sqlscan.KindBegin:
-			s.predicted = 'T'
-		}
-		if txEnds(kind) && s.portalChains(body) {
-			s.chainOpen = true
-			s.predicted = 'T'
-		}
-	}
 	s.mu.Unlock()
-	if typ == 'E' {
-		s.noteKind(kind, body)
-	}
-	_, err = c.W.Write(frame)
 	return err
+}
+
+// extMsg is what onExtended learned from one extended-protocol message
+// before touching any server connection.
+type extMsg struct {
+	name, portal   []byte
+	stmt           *clientStmt // Parse: the new statement; Bind/Describe S: the statement; Execute: the portal's statement
+	refuse         *wire.Error // answer with this error (the batch then fails as Postgres would)
+	local          []byte      // answer this without the server
+	describePortal bool        // Describe('P')
+	apply          func()      // run when the local answer is given (not if the batch failed first)
+}
+
+// readExtended decodes and checks one extended-protocol message.
+func (s *Session) readExtended(typ byte, body []byte, m *extMsg) error {
+	switch typ {
+	case 'P':
+		name, query, ok := wire.ParseHead(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Parse message")
+		}
+		sql := text(query)
+		s.scan = sqlscan.Split(sql, s.scan[:0])
+		if v := s.srv.cfg.Policy.Check(sql, s.scan); v != nil {
+			m.refuse = guardError(v.Reason)
+			return nil
+		}
+		if e := s.notInTransactionMode(s.scan); e != nil {
+			m.refuse = e
+			return nil
+		}
+		for i := range s.scan {
+			switch s.scan[i].Kind {
+			case sqlscan.KindPrepare, sqlscan.KindExecute, sqlscan.KindDeallocate, sqlscan.KindDiscard, sqlscan.KindResetAll:
+				m.refuse = wire.Errorf(wire.CodeFeatureNotSupported,
+					"pgtoken handles PREPARE, EXECUTE, DEALLOCATE, DISCARD and RESET ALL only as simple queries")
+				return nil
+			}
+		}
+		n := text(name)
+		if strings.HasPrefix(n, "pgtoken_") {
+			m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "statement names beginning with pgtoken_ are reserved")
+			return nil
+		}
+		if n != "" && s.stmts[n] != nil {
+			m.refuse = wire.Errorf(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", n)
+			return nil
+		}
+		types := body[len(name)+1+len(query)+1:]
+		st := &clientStmt{text: strings.Clone(sql), types: append([]byte(nil), types...)}
+		if len(s.scan) == 1 {
+			st.kind, st.flags = s.scan[0].Kind, s.scan[0].Flags
+		}
+		if n != "" {
+			st.server = serverStmtName(s.ident.Role, st.types, st.text, "parse")
+		}
+		m.name, m.stmt = name, st
+	case 'B':
+		portal, stmt, ok := wire.BindHead(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Bind message")
+		}
+		m.portal, m.name = portal, stmt
+		if strings.HasPrefix(text(portal), "pgtoken_") {
+			m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "portal names beginning with pgtoken_ are reserved")
+			return nil
+		}
+		if m.stmt = s.lookupStmt(stmt); m.stmt == nil {
+			m.refuse = noSuchStatement(stmt)
+		}
+	case 'D':
+		k, name, ok := wire.TargetName(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Describe message")
+		}
+		if k == 'S' {
+			m.name = name
+			if m.stmt = s.lookupStmt(name); m.stmt == nil {
+				m.refuse = noSuchStatement(name)
+			}
+		} else {
+			m.portal, m.stmt = name, s.portal(name)
+			m.describePortal = true
+		}
+	case 'E':
+		portal, ok := wire.ExecutePortal(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Execute message")
+		}
+		m.portal, m.stmt = portal, s.portal(portal)
+	case 'C':
+		k, name, ok := wire.TargetName(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Close message")
+		}
+		if k == 'S' {
+			// The statement lives in pgtoken: closing it is the client's
+			// business only. Postgres answers CloseComplete even for a name
+			// that does not exist.
+			n := string(name)
+			m.local = wire.MsgCloseComplete
+			m.apply = func() {
+				if n == "" {
+					s.unnamedStmt = nil
+				} else {
+					delete(s.stmts, n)
+				}
+			}
+		}
+	case 'H', 'S':
+	}
+	return nil
+}
+
+func noSuchStatement(name []byte) *wire.Error {
+	if len(name) == 0 {
+		return wire.Errorf(wire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist")
+	}
+	return wire.Errorf(wire.CodeInvalidSQLStatementName, "prepared statement %q does not exist", name)
+}
+
+// afterExecute notes what an executed statement means for the rest of the
+// batch (under mu): after COMMIT or ROLLBACK (or CALL/DO, since a procedure
+// may commit) the next message runs in a new transaction and needs the
+// prelude again.
+func (s *Session) afterExecute(st *clientStmt) {
+	k := st.kindOf()
+	switch {
+	case txEnds(k):
+		s.preludePending = true
+		s.unnamedPortalLive = false // portals end with the transaction
+		s.chainOpen = st.flags&sqlscan.FlagChain != 0
+		if s.chainOpen {
+			s.predicted = 'T'
+		} else {
+			s.predicted = 'I'
+		}
+	case k == sqlscan.KindCall || k == sqlscan.KindDo:
+		s.preludePending = true
+	case k == sqlscan.KindBegin:
+		s.predicted = 'T'
+	}
+	if st != nil && (k == sqlscan.KindSet || k == sqlscan.KindReset || st.flags&sqlscan.FlagSessionSetConfig != 0) {
+		s.capture = true
+	}
+}
+
+func (st *clientStmt) kindOf() sqlscan.Kind {
+	if st == nil {
+		return sqlscan.KindOther
+	}
+	return st.kind
 }
 
 // appendExtendedPrelude writes the extended-protocol prelude: Parse (once per
@@ -665,10 +813,21 @@ func (s *Session) appendExtendedPrelude(c *pool.Conn) {
 			}
 		}})
 	}
-	c.W.AppendBytes(s.pre.bind)
-	c.W.AppendBytes(wire.MsgExecuteUnnamedAll)
+	if !s.unnamedPortalLive {
+		c.W.AppendBytes(s.pre.bind)
+		c.W.AppendBytes(wire.MsgExecuteUnnamedAll)
+		s.q.push(unit{kind: uBind, own: ownPrelude})
+		s.q.push(unit{kind: uExecute, own: ownPrelude})
+		return
+	}
+	// The client's unnamed portal is live in this batch: bind the prelude
+	// into a portal of its own and close it.
+	c.W.AppendBytes(s.pre.bindNamed)
+	c.W.AppendBytes(s.pre.executeNamed)
+	c.W.AppendBytes(s.pre.closeNamed)
 	s.q.push(unit{kind: uBind, own: ownPrelude})
 	s.q.push(unit{kind: uExecute, own: ownPrelude})
+	s.q.push(unit{kind: uClose, own: ownPrelude})
 }
 
 // onCopy forwards COPY data from the client to the server in a COPY; outside
@@ -731,64 +890,22 @@ var largeObjectFunctions = map[uint32]bool{
 	964: true, 1004: true, 715: true, 3170: true, 3171: true, 3172: true,
 }
 
-// Statement and portal kinds, so Execute knows whether it runs BEGIN or
-// COMMIT. Client goroutine only.
-
-func (s *Session) setStmtKind(name []byte, k sqlscan.Kind) {
+// setPortal remembers which statement a portal runs (client goroutine).
+func (s *Session) setPortal(name []byte, st *clientStmt) {
 	if len(name) == 0 {
-		s.unnamed = k
-		return
-	}
-	if s.stmts == nil {
-		s.stmts = map[string]sqlscan.Kind{}
-	}
-	s.stmts[string(name)] = k
-}
-
-func (s *Session) stmtKind(name []byte) sqlscan.Kind {
-	if len(name) == 0 {
-		return s.unnamed
-	}
-	return s.stmts[text(name)]
-}
-
-func (s *Session) setPortalKind(name []byte, k sqlscan.Kind) {
-	if len(name) == 0 {
-		s.unnamedPortal = k
+		s.unnamedPortal = st
 		return
 	}
 	if s.portals == nil {
-		s.portals = map[string]sqlscan.Kind{}
+		s.portals = map[string]*clientStmt{}
 	}
-	s.portals[string(name)] = k
+	s.portals[string(name)] = st
 }
 
-func (s *Session) portalKind(name []byte) sqlscan.Kind {
+// portal returns the statement a portal runs, if known.
+func (s *Session) portal(name []byte) *clientStmt {
 	if len(name) == 0 {
 		return s.unnamedPortal
 	}
 	return s.portals[text(name)]
 }
-
-// resetPortals forgets portals at a transaction's start: Postgres drops them
-// when a transaction ends.
-func (s *Session) resetPortals() {
-	clear(s.portals)
-}
-
-// portalChains reports whether the COMMIT/ROLLBACK an Execute runs chains a
-// new transaction. The kind alone does not say; the portal's text would.
-// Chaining statements are rare in the extended protocol, so pgtoken keeps
-// their flags with the statement kind (see noteKind).
-func (s *Session) portalChains([]byte) bool { return false }
-
-// noteKind records effects of an executed statement on session settings.
-func (s *Session) noteKind(k sqlscan.Kind, _ []byte) {
-	if k == sqlscan.KindSet || k == sqlscan.KindReset {
-		s.mu.Lock()
-		s.capture = true
-		s.mu.Unlock()
-	}
-}
-
-var _ = fmt.Sprintf

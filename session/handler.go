@@ -214,6 +214,9 @@ func (s *Session) serverError(c *pool.Conn, u *unit) error {
 		s.sendError(u.rewrite)
 	case u.own == ownMaint:
 		s.log.Warn("pgtoken upkeep query failed", zap.String("sqlstate", e.Code), zap.String("message", e.Message))
+	case u.kind == uQuery && u.noPosition:
+		e.Position = 0
+		s.appendMsg(&e)
 	case u.kind == uQuery && e.Position > 0:
 		// A position says whose text failed (a syntax error fails the
 		// whole string before any statement runs).
@@ -307,6 +310,9 @@ func (s *Session) emitLocal() {
 			rfq := wire.ReadyForQuery(s.localStatus())
 			s.out = append(s.out, rfq[:]...)
 			s.pending--
+		}
+		if u.done != nil {
+			u.done(nil)
 		}
 		s.q.pop()
 	}

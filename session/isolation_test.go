@@ -70,7 +70,7 @@ func (ic *isoClient) batch(ctx context.Context, flow string, sqls []string, want
 // step runs one randomly chosen flow.
 func (ic *isoClient) step(ctx context.Context) {
 	q := identSQL
-	switch ic.rnd.IntN(12) {
+	switch ic.rnd.IntN(14) {
 	case 0:
 		ic.simple(ctx, "simple", q, false)
 	case 1:
@@ -146,6 +146,16 @@ func (ic *isoClient) step(ctx context.Context) {
 		ic.simple(ctx, "explicit across messages", "commit; "+q, false)
 	case 11:
 		ic.simple(ctx, "chain", "begin; "+q+"; commit and chain; "+q+"; rollback and chain; "+q+"; commit", false)
+	case 12:
+		// A named statement prepared once, used in later transactions on
+		// whatever server connection they get.
+		r := ic.c.ExecPrepared(ctx, "iso", nil, nil, nil).Read()
+		if r.Err != nil {
+			ic.t.Errorf("prepared: %v", r.Err)
+		}
+		ic.check("prepared", []*pgconn.Result{r})
+	case 13:
+		ic.simple(ctx, "sql prepared", "execute isosql", false)
 	}
 }
 
@@ -164,6 +174,12 @@ func runIsolation(t *testing.T, env *pgtest.Env, clients, iterations int) int64 
 		want := identity{role: role, sub: fmt.Sprintf(`user'%d"\`, i), q: fmt.Sprintf("q %d: it's \"quoted\" $$ ;", i)}
 		tok := pgtest.Token(t, map[string]any{"role": role, "sub": want.sub, "q": want.q})
 		c := env.Connect(tok)
+		if _, err := c.Prepare(context.Background(), "iso", identSQL, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(context.Background(), "prepare isosql as "+identSQL).ReadAll(); err != nil {
+			t.Fatal(err)
+		}
 		ic := &isoClient{t: t, c: c, want: want, rnd: rand.New(rand.NewPCG(uint64(i), 42)), checked: &checked, mismatches: &mismatches}
 		wg.Add(1)
 		go func() {

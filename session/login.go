@@ -378,6 +378,7 @@ func (s *Session) applyStartup(p map[string]string) (map[string]string, error) {
 		report = maps.Clone(s.pool.ServerParams())
 	}
 	s.params = p
+	s.startParams = cloneMap(p)
 	if report == nil {
 		report = map[string]string{}
 	}

@@ -32,7 +32,14 @@ type prelude struct {
 	// this client's values into the unnamed portal; execute runs it.
 	parse []byte
 	bind  []byte
+	// bindNamed, executeNamed and closeNamed run the prelude in a portal of
+	// its own, for when the client's unnamed portal must not be replaced.
+	bindNamed, executeNamed, closeNamed []byte
 }
+
+// preludePortal names the portal of the prelude when the unnamed one is
+// taken.
+const preludePortal = "pgtoken_prelude"
 
 // maxSettings bounds how many settings a token may carry (and so the size of
 // the prelude); Postgres allows at most 65535 bind parameters.
@@ -77,6 +84,9 @@ func newPrelude(id *authn.Identity) (*prelude, error) {
 		params = append(params, s.Name, s.Value)
 	}
 	p.bind = appendBind(nil, "", p.stmtName, params)
+	p.bindNamed = appendBind(nil, preludePortal, p.stmtName, params)
+	p.executeNamed = appendExecute(nil, preludePortal)
+	p.closeNamed = appendClosePortal(nil, preludePortal)
 	return p, nil
 }
 
@@ -178,6 +188,25 @@ func appendBind(dst []byte, portal, stmt string, params []string) []byte {
 		dst = append(dst, p...)
 	}
 	dst = binary.BigEndian.AppendUint16(dst, 0) // all results in text
+	binary.BigEndian.PutUint32(dst[at+1:], uint32(len(dst)-at-1))
+	return dst
+}
+
+// appendExecute appends an Execute of portal for all rows.
+func appendExecute(dst []byte, portal string) []byte {
+	at := len(dst)
+	dst = append(dst, 'E', 0, 0, 0, 0)
+	dst = append(append(dst, portal...), 0)
+	dst = binary.BigEndian.AppendUint32(dst, 0)
+	binary.BigEndian.PutUint32(dst[at+1:], uint32(len(dst)-at-1))
+	return dst
+}
+
+// appendClosePortal appends a Close of portal.
+func appendClosePortal(dst []byte, portal string) []byte {
+	at := len(dst)
+	dst = append(dst, 'C', 0, 0, 0, 0, 'P')
+	dst = append(append(dst, portal...), 0)
 	binary.BigEndian.PutUint32(dst[at+1:], uint32(len(dst)-at-1))
 	return dst
 }

@@ -66,6 +66,7 @@ type Config struct {
 	MaxClientConn          int
 	IdleTransactionTimeout time.Duration
 	ConnectTimeout         time.Duration
+	StatementCache         int // prepared statements kept per server connection
 
 	Logger *zap.Logger
 }
@@ -215,6 +216,7 @@ func (s *Server) poolFor(db string) (*pool.Pool, error) {
 		Size:           size,
 		WaitTimeout:    s.cfg.WaitTimeout,
 		ConnectTimeout: s.cfg.ConnectTimeout,
+		StatementCache: s.cfg.StatementCache,
 		Logger:         s.log,
 	})
 	if err != nil {

@@ -74,17 +74,22 @@ type Session struct {
 	clientErr error      // first write error to the client (guarded by flushMu)
 
 	// Client goroutine only.
-	wconn          *pool.Conn // conn the client goroutine has written to in this batch
-	predicted      byte       // transaction status expected once everything sent is answered
-	preludePending bool       // the current batch still needs the extended prelude
-	chainOpen      bool       // the batch ran COMMIT/ROLLBACK AND CHAIN
-	skipUntilSync  bool       // a local error in this batch: drop messages until Sync
-	stmts          map[string]sqlscan.Kind
-	unnamed        sqlscan.Kind
-	portals        map[string]sqlscan.Kind
-	unnamedPortal  sqlscan.Kind
-	scan           []sqlscan.Statement
-	cuts           []cut
+	wconn             *pool.Conn             // conn the client goroutine has written to in this batch
+	predicted         byte                   // transaction status expected once everything sent is answered
+	preludePending    bool                   // the current batch still needs the extended prelude
+	chainOpen         bool                   // the batch ran COMMIT/ROLLBACK AND CHAIN
+	skipUntilSync     bool                   // a local error in this batch: drop messages until Sync
+	unitBase          byte                   // transaction status the current Query or batch starts from
+	batchGen          uint64                 // counts Queries and batches, for the statement caches
+	stmts             map[string]*clientStmt // the client's named statements
+	unnamedStmt       *clientStmt            // the client's unnamed statement
+	unnamedGen        uint64                 // counts the client's unnamed Parses
+	portals           map[string]*clientStmt
+	unnamedPortal     *clientStmt
+	unnamedPortalLive bool              // the client bound the unnamed portal in the current transaction
+	startParams       map[string]string // the settings the client logged in with
+	scan              []sqlscan.Statement
+	cuts              []cut
 }
 
 // txEnds reports whether a statement of this kind ends the transaction, so

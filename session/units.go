@@ -42,6 +42,9 @@ type unit struct {
 	skip   int
 	prefix int
 	plan   *queryPlan
+	// noPosition drops error positions: the text sent is not the client's
+	// (SQL EXECUTE under pgtoken's statement name).
+	noPosition bool
 
 	// rewrite replaces the server's error for this unit (a refused
 	// statement that pgtoken sent as a harmless syntax error, so the

@@ -108,6 +108,7 @@ func Start(ctx context.Context, cfg config.Config, log *zap.Logger) (*App, error
 		WaitTimeout:            cfg.Pool.WaitTimeout.D(),
 		ConnectTimeout:         cfg.Pool.ConnectTimeout.D(),
 		IdleTransactionTimeout: cfg.Pool.IdleTransactionTimeout.D(),
+		StatementCache:         cfg.Pool.StatementCache,
 		TLS:                    tlsCfg,
 		RequireTLSForRemote:    cfg.TLS.RequireForRemote,
 		Verifier:               v,

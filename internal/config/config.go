@@ -40,6 +40,7 @@ type Pool struct {
 	WaitTimeout            Duration `yaml:"wait_timeout" doc:"how long a client waits for a free server connection"`
 	ConnectTimeout         Duration `yaml:"connect_timeout" doc:"how long one login to the server may take"`
 	IdleTransactionTimeout Duration `yaml:"idle_transaction_timeout" doc:"a client idle inside a transaction longer than this is disconnected; 0 disables"`
+	StatementCache         int      `yaml:"statement_cache" doc:"prepared statements kept per server connection (least recently used are closed)"`
 }
 
 // Database maps one client database name to an upstream.
@@ -102,6 +103,7 @@ func Default() Config {
 			Size:           20,
 			WaitTimeout:    Duration(30 * time.Second),
 			ConnectTimeout: Duration(10 * time.Second),
+			StatementCache: 256,
 		},
 		JWT: JWT{
 			Leeway:     Duration(30 * time.Second),
@@ -185,6 +187,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Pool.Size <= 0 {
 		bad("pool.size", "must be positive, got %d", c.Pool.Size)
+	}
+	if c.Pool.StatementCache < 1 {
+		bad("pool.statement_cache", "must be at least 1, got %d", c.Pool.StatementCache)
 	}
 	if c.Pool.WaitTimeout < 0 {
 		bad("pool.wait_timeout", "must not be negative")

@@ -56,6 +56,13 @@ type Conn struct {
 	// Prepared tracks which prelude statements exist on this server
 	// connection. Owned by the holder of the conn.
 	Prepared map[string]bool
+	// Stmts tracks the clients' statements prepared here under pgtoken's
+	// names. Owned by the holder of the conn.
+	Stmts *StmtCache
+	// UnnamedOwner and UnnamedGen say whose unnamed statement (session id
+	// and that session's Parse generation) the conn holds. Owned by the
+	// holder of the conn.
+	UnnamedOwner, UnnamedGen uint64
 
 	handler atomic.Pointer[handlerBox]
 	dead    atomic.Bool

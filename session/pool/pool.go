@@ -35,7 +35,9 @@ type Config struct {
 	// ReadBuffer and WriteBuffer size each conn's buffers; MaxMessage is
 	// the largest server message buffered whole (larger ones stream).
 	ReadBuffer, WriteBuffer, MaxMessage int
-	Logger                              *zap.Logger
+	// StatementCache bounds the prepared statements kept per conn.
+	StatementCache int
+	Logger         *zap.Logger
 }
 
 // Default buffer sizes.
@@ -240,6 +242,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		secret:   hc.SecretKey,
 		Params:   map[string]string{},
 		Prepared: map[string]bool{},
+		Stmts:    NewStmtCache(p.cfg.StatementCache),
 		born:     time.Now(),
 		done:     make(chan struct{}),
 		log:      p.log,

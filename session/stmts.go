@@ -1,0 +1,417 @@
+package session
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+
+	"github.com/pgtoken/pgtoken/session/pool"
+	"github.com/pgtoken/pgtoken/session/sqlscan"
+	"github.com/pgtoken/pgtoken/wire"
+)
+
+// clientStmt is a statement a client prepared, by Parse or by SQL PREPARE.
+// Transactions of one client run on different server connections, so
+// pgtoken keeps the statement itself and prepares it, under its own name, on
+// whichever connection needs it. Identical statements (same role, text and
+// parameter types) share one server-side statement per connection.
+type clientStmt struct {
+	text  string // the statement text (for PREPARE: the statement after AS)
+	types []byte // Parse's parameter type section, raw (count + OIDs)
+	kind  sqlscan.Kind
+	flags sqlscan.Flags
+
+	// server is pgtoken's name for it ("" for the unnamed statement).
+	server string
+	// gen is, for the unnamed statement, the session's Parse generation.
+	gen uint64
+	// prepare is, for SQL PREPARE, the PREPARE statement under the server
+	// name; such a statement is re-created with it rather than with Parse.
+	prepare string
+}
+
+// serverStmtName derives pgtoken's name for a statement from what makes it
+// the same statement: the role it is prepared under, its parameter types and
+// its text.
+func serverStmtName(role string, types []byte, text, origin string) string {
+	h := sha256.New()
+	h.Write([]byte(origin))
+	h.Write([]byte{0})
+	h.Write([]byte(role))
+	h.Write([]byte{0})
+	h.Write(types)
+	h.Write([]byte{0})
+	h.Write([]byte(text))
+	return "pgtoken_s_" + hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// lookupStmt finds a client statement by its client name ("" = unnamed).
+func (s *Session) lookupStmt(name []byte) *clientStmt {
+	if len(name) == 0 {
+		return s.unnamedStmt
+	}
+	return s.stmts[text(name)]
+}
+
+// ensureStmt makes sure st exists on c before a Bind or Describe uses it,
+// queueing a Parse (swallowed unless it fails) when it does not, and closing
+// the least recently used statements beyond the cache size. Under mu.
+func (s *Session) ensureStmt(c *pool.Conn, st *clientStmt) *wire.Error {
+	if st.server == "" {
+		if c.UnnamedOwner == uint64(s.id) && c.UnnamedGen == st.gen {
+			return nil
+		}
+		s.appendParse(c, "", st)
+		c.UnnamedOwner, c.UnnamedGen = uint64(s.id), st.gen
+		s.q.push(unit{kind: uParse, own: ownPrelude, done: func(err *wire.Error) {
+			if err != nil && c.UnnamedGen == st.gen {
+				c.UnnamedOwner = 0
+			}
+		}})
+		return nil
+	}
+	if c.Stmts.Use(st.server, s.batchGen) {
+		return nil
+	}
+	if st.prepare != "" {
+		return wire.Errorf(wire.CodeFeatureNotSupported,
+			"a statement prepared with SQL PREPARE can be used through pgtoken only with EXECUTE")
+	}
+	s.appendParse(c, st.server, st)
+	name := st.server
+	s.q.push(unit{kind: uParse, own: ownPrelude, done: func(err *wire.Error) {
+		if err != nil {
+			c.Stmts.Remove(name)
+		}
+	}})
+	s.evict(c, c.Stmts.Add(name, s.batchGen))
+	return nil
+}
+
+// evict closes statements the cache let go. Under mu.
+func (s *Session) evict(c *pool.Conn, names []string) {
+	for _, n := range names {
+		at := c.W.Begin('C')
+		c.W.AppendBytes([]byte{'S'})
+		c.W.AppendCString(n)
+		c.W.End(at)
+		s.q.push(unit{kind: uClose, own: ownMaint})
+	}
+}
+
+// appendParse writes a Parse of st under name.
+func (s *Session) appendParse(c *pool.Conn, name string, st *clientStmt) {
+	at := c.W.Begin('P')
+	c.W.AppendCString(name)
+	c.W.AppendCString(st.text)
+	c.W.AppendBytes(st.types)
+	c.W.End(at)
+}
+
+// clientParse handles the client's Parse once the server connection is
+// claimed and the prelude decided (under mu). A named statement that the
+// connection already has is answered locally.
+func (s *Session) clientParse(c *pool.Conn, name string, st *clientStmt) {
+	if name == "" {
+		s.unnamedGen++
+		st.gen = s.unnamedGen
+		s.unnamedStmt = st
+		s.appendParse(c, "", st)
+		c.UnnamedOwner, c.UnnamedGen = uint64(s.id), st.gen
+		s.q.push(unit{kind: uParse, done: func(err *wire.Error) {
+			if err != nil {
+				if s.unnamedStmt == st {
+					s.unnamedStmt = nil
+				}
+				if c.UnnamedGen == st.gen {
+					c.UnnamedOwner = 0
+				}
+			}
+		}})
+		return
+	}
+	if s.stmts == nil {
+		s.stmts = map[string]*clientStmt{}
+	}
+	s.stmts[name] = st
+	forget := func(err *wire.Error) {
+		if err != nil && s.stmts[name] == st {
+			delete(s.stmts, name)
+		}
+	}
+	if c.Stmts.Use(st.server, s.batchGen) {
+		s.q.push(unit{kind: uLocal, local: wire.MsgParseComplete, done: forget})
+		s.emitLocal()
+		return
+	}
+	s.appendParse(c, st.server, st)
+	server := st.server
+	s.q.push(unit{kind: uParse, done: func(err *wire.Error) {
+		if err != nil {
+			c.Stmts.Remove(server)
+		}
+		forget(err)
+	}})
+	s.evict(c, c.Stmts.Add(server, s.batchGen))
+}
+
+// rewriteBind writes the client's Bind with the statement renamed.
+func rewriteBind(c *pool.Conn, body []byte, portal []byte, server string) {
+	rest := body[len(portal)+1:]
+	_, rest, _ = wire.CString(rest)
+	at := c.W.Begin('B')
+	c.W.AppendBytes(portal)
+	c.W.AppendBytes([]byte{0})
+	c.W.AppendCString(server)
+	c.W.AppendBytes(rest)
+	c.W.End(at)
+}
+
+// rewriteDescribeStmt writes Describe('S') of the renamed statement.
+func rewriteDescribeStmt(c *pool.Conn, server string) {
+	at := c.W.Begin('D')
+	c.W.AppendBytes([]byte{'S'})
+	c.W.AppendCString(server)
+	c.W.End(at)
+}
+
+// ownStatement answers statements that pgtoken handles for the client
+// itself when they come as a Query of their own: DISCARD, RESET ALL and
+// DEALLOCATE (they act on the client's own settings and statements, which
+// live in pgtoken, never on a shared server connection). It reports whether
+// it answered.
+func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, error) {
+	if len(stmts) != 1 {
+		for i := range stmts {
+			switch stmts[i].Kind {
+			case sqlscan.KindDiscard, sqlscan.KindResetAll, sqlscan.KindDeallocate:
+				return true, s.refuse(wire.Errorf(wire.CodeFeatureNotSupported,
+					"pgtoken answers %s itself: send it as a query of its own", strings.ToUpper(strings.Fields(sql[stmts[i].Start:stmts[i].End])[0])), true)
+			}
+		}
+		return false, nil
+	}
+	st := &stmts[0]
+	inTx := s.inTransaction()
+	switch st.Kind {
+	case sqlscan.KindDiscard:
+		if st.Name != "all" {
+			// Plans, sequences and temporary objects never outlive a
+			// transaction here: there is nothing of this client's to drop.
+			return true, s.localAnswer(wire.AppendCommandComplete(nil, "DISCARD "+strings.ToUpper(st.Name)), true)
+		}
+		if inTx {
+			return true, s.refuse(wire.Errorf(wire.CodeActiveSQLTransaction, "DISCARD ALL cannot run inside a transaction block"), true)
+		}
+		s.stmts, s.unnamedStmt = nil, nil
+		return true, s.resetSettings("DISCARD ALL")
+	case sqlscan.KindResetAll:
+		if inTx {
+			return true, s.refuse(wire.Errorf(wire.CodeFeatureNotSupported,
+				"pgtoken supports RESET ALL only outside a transaction block"), true)
+		}
+		return true, s.resetSettings("RESET")
+	case sqlscan.KindDeallocate:
+		if st.Name == "" {
+			s.stmts = nil
+			return true, s.localAnswer(wire.AppendCommandComplete(nil, "DEALLOCATE ALL"), true)
+		}
+		if _, ok := s.stmts[st.Name]; !ok {
+			return true, s.refuse(wire.Errorf(wire.CodeInvalidSQLStatementName, "prepared statement %q does not exist", st.Name), true)
+		}
+		delete(s.stmts, st.Name)
+		return true, s.localAnswer(wire.AppendCommandComplete(nil, "DEALLOCATE"), true)
+	}
+	return false, nil
+}
+
+// inTransaction reports whether the client is inside a transaction (or may
+// be, with answers in flight).
+func (s *Session) inTransaction() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil && (s.status != 'I' || s.pending > 0 || s.midBatch)
+}
+
+// resetSettings makes the client's settings its startup settings again and
+// reports the ones the client is told about that change, as Postgres does.
+func (s *Session) resetSettings(tag string) error {
+	before := s.params
+	s.params = cloneMap(s.startParams)
+	s.mu.Lock()
+	s.capture = false
+	s.mu.Unlock()
+	var out []byte
+	for name, rn := range reportedName {
+		old, had := before[name]
+		now, has := s.params[name]
+		if had == has && old == now {
+			continue
+		}
+		if !has {
+			now = s.serverDefault(rn)
+		}
+		out = appendParameterStatus(out, rn, now)
+	}
+	out = wire.AppendCommandComplete(out, tag)
+	return s.localAnswer(out, true)
+}
+
+// serverDefault is the server's value of a reported parameter, as the pool
+// last saw it.
+func (s *Session) serverDefault(name string) string {
+	return s.pool.ServerParams()[name]
+}
+
+func appendParameterStatus(dst []byte, name, value string) []byte {
+	at := len(dst)
+	dst = append(dst, 'S', 0, 0, 0, 0)
+	dst = append(append(dst, name...), 0)
+	dst = append(append(dst, value...), 0)
+	putLen(dst[at:])
+	return dst
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// sqlRewrite is how a SQL-level PREPARE or EXECUTE goes to the server.
+type sqlRewrite struct {
+	text  string            // what to send instead of the client's text
+	own   int               // leading statements of text that are pgtoken's
+	local bool              // answer PREPARE without the server: the connection has it
+	done  func(*wire.Error) // forgets a PREPARE that failed
+}
+
+// sqlPrepared handles SQL-level PREPARE and EXECUTE sent as a Query of their
+// own: the statement gets pgtoken's name on the server, and EXECUTE on a
+// connection that lacks it is preceded by the PREPARE (as pgtoken's own
+// statement in the same Query). Under mu.
+func (s *Session) sqlPrepared(c *pool.Conn, sql string, st *sqlscan.Statement) (sqlRewrite, *wire.Error) {
+	body := sql[st.Start:st.End]
+	nameEnd := afterName(body)
+	if nameEnd < 0 {
+		return sqlRewrite{}, wire.Errorf(wire.CodeSyntaxError, "pgtoken could not read the prepared statement's name")
+	}
+	switch st.Kind {
+	case sqlscan.KindPrepare:
+		if _, ok := s.stmts[st.Name]; ok {
+			return sqlRewrite{}, wire.Errorf(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", st.Name)
+		}
+		server := serverStmtName(s.ident.Role, nil, body[nameEnd:], "sql")
+		cs := &clientStmt{server: server, prepare: "PREPARE " + server + body[nameEnd:]}
+		if s.stmts == nil {
+			s.stmts = map[string]*clientStmt{}
+		}
+		name := strings.Clone(st.Name) // st.Name may point into the client's read buffer
+		s.stmts[name] = cs
+		r := sqlRewrite{text: cs.prepare, done: func(err *wire.Error) {
+			if err != nil && s.stmts[name] == cs {
+				delete(s.stmts, name)
+				c.Stmts.Remove(server)
+			}
+		}}
+		if s.status != 'E' && c.Stmts.Use(server, s.batchGen) {
+			r.local = true
+			return r, nil
+		}
+		s.evict(c, c.Stmts.Add(server, s.batchGen))
+		return r, nil
+	case sqlscan.KindExecute:
+		cs := s.stmts[st.Name]
+		if cs == nil {
+			return sqlRewrite{}, wire.Errorf(wire.CodeInvalidSQLStatementName, "prepared statement %q does not exist", st.Name)
+		}
+		exec := "EXECUTE " + cs.server + body[nameEnd:]
+		if c.Stmts.Use(cs.server, s.batchGen) {
+			return sqlRewrite{text: exec}, nil
+		}
+		if cs.prepare == "" {
+			return sqlRewrite{}, wire.Errorf(wire.CodeFeatureNotSupported,
+				"pgtoken can EXECUTE only statements prepared with SQL PREPARE; bind protocol-level statements instead")
+		}
+		s.evict(c, c.Stmts.Add(cs.server, s.batchGen))
+		server := cs.server
+		return sqlRewrite{text: cs.prepare + ";" + exec, own: 1, done: func(err *wire.Error) {
+			if err != nil {
+				c.Stmts.Remove(server)
+			}
+		}}, nil
+	}
+	return sqlRewrite{text: sql}, nil
+}
+
+// afterName returns the offset just past the object name that follows the
+// leading keyword (PREPARE or EXECUTE) of a statement, or -1.
+func afterName(stmt string) int {
+	i := skipTrivia(stmt, 0)
+	for i < len(stmt) && isIdentByte(stmt[i]) {
+		i++ // the keyword
+	}
+	i = skipTrivia(stmt, i)
+	if i >= len(stmt) {
+		return -1
+	}
+	if stmt[i] == '"' {
+		for j := i + 1; j < len(stmt); j++ {
+			if stmt[j] == '"' {
+				if j+1 < len(stmt) && stmt[j+1] == '"' {
+					j++
+					continue
+				}
+				return j + 1
+			}
+		}
+		return -1
+	}
+	j := i
+	for j < len(stmt) && isIdentByte(stmt[j]) {
+		j++
+	}
+	if j == i {
+		return -1
+	}
+	return j
+}
+
+func isIdentByte(c byte) bool {
+	return c == '_' || c == '$' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80
+}
+
+// skipTrivia skips whitespace and comments from i.
+func skipTrivia(sql string, i int) int {
+	for i < len(sql) {
+		switch c := sql[i]; {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			i++
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			for i < len(sql) && sql[i] != '\n' && sql[i] != '\r' {
+				i++
+			}
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			depth := 0
+			for i < len(sql) {
+				if sql[i] == '/' && i+1 < len(sql) && sql[i+1] == '*' {
+					depth++
+					i += 2
+				} else if sql[i] == '*' && i+1 < len(sql) && sql[i+1] == '/' {
+					depth--
+					i += 2
+					if depth == 0 {
+						break
+					}
+				} else {
+					i++
+				}
+			}
+		default:
+			return i
+		}
+	}
+	return i
+}
