@@ -111,10 +111,10 @@ func (s *Session) setIdleDeadline() {
 }
 
 // checkTokenLifetime ends a session whose token has expired once it is
-// between transactions; a transaction in flight completes.
+// between transactions; a transaction in flight completes. (claimUnit checks
+// again where a transaction starts.)
 func (s *Session) checkTokenLifetime() error {
-	exp := s.ident.ExpiresAt
-	if exp.IsZero() || time.Now().Before(exp) {
+	if !s.expired() {
 		return nil
 	}
 	s.mu.Lock()
@@ -124,6 +124,12 @@ func (s *Session) checkTokenLifetime() error {
 		return nil
 	}
 	return wire.Fatalf(wire.CodeInvalidAuthorization, "token expired")
+}
+
+// expired reports whether the session's token is past its exp.
+func (s *Session) expired() bool {
+	exp := s.ident.ExpiresAt
+	return !exp.IsZero() && !time.Now().Before(exp)
 }
 
 // text views a byte slice as a string without copying; the string must not
@@ -227,6 +233,12 @@ func (s *Session) claimUnit() (*pool.Conn, error) {
 	}
 	s.batchGen++
 	s.unitBase = base
+	if base == 'I' && s.expired() {
+		// A new transaction under an expired token: the session ends (a
+		// transaction in flight was allowed to complete).
+		s.mu.Unlock()
+		return nil, wire.Fatalf(wire.CodeInvalidAuthorization, "token expired")
+	}
 	if base == 'I' {
 		s.syncParams(c)
 		clear(s.portals)
@@ -532,6 +544,15 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 	if err := s.readExtended(typ, body, &m); err != nil {
 		return err
 	}
+	if m.wait {
+		// A Parse reuses the name of a statement whose own Parse is still
+		// unanswered: whether the name is free depends on that answer.
+		s.waitQuiet()
+		m = extMsg{}
+		if err := s.readExtended(typ, body, &m); err != nil {
+			return err
+		}
+	}
 	if m.refuse != nil {
 		return s.refuse(m.refuse, false)
 	}
@@ -656,6 +677,7 @@ type extMsg struct {
 	local          []byte      // answer this without the server
 	describePortal bool        // Describe('P')
 	apply          func()      // run when the local answer is given (not if the batch failed first)
+	wait           bool        // decide only once the answers in flight are in
 }
 
 // readExtended decodes and checks one extended-protocol message.
@@ -689,9 +711,18 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg) error {
 			m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "statement names beginning with pgtoken_ are reserved")
 			return nil
 		}
-		if n != "" && s.stmts[n] != nil {
-			m.refuse = wire.Errorf(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", n)
-			return nil
+		if n != "" {
+			s.mu.Lock()
+			old := s.stmts[n]
+			s.mu.Unlock()
+			switch {
+			case old != nil && old.unconfirmed:
+				m.wait = true
+				return nil
+			case old != nil:
+				m.refuse = wire.Errorf(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", n)
+				return nil
+			}
 		}
 		types := body[len(name)+1+len(query)+1:]
 		st := &clientStmt{text: strings.Clone(sql), types: append([]byte(nil), types...)}

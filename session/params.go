@@ -28,7 +28,7 @@ func startupSettings(params map[string]string, pol sqlscan.Policy) (map[string]s
 		}
 	}
 	for name, v := range out {
-		if reason := protectedSetting(name, v, pol); reason != "" {
+		if reason := pol.CheckSetting(name, v); reason != "" {
 			return nil, wire.Fatalf(wire.CodeInsufficientPrivilege, "pgtoken: startup parameter %q refused: %s", name, reason)
 		}
 	}
@@ -90,45 +90,4 @@ func parseOptions(v string) (map[string]string, error) {
 		out[strings.ToLower(strings.ReplaceAll(name, "-", "_"))] = val
 	}
 	return out, nil
-}
-
-// protectedSetting says why a client may not set name to value, or "".
-func protectedSetting(name, value string, pol sqlscan.Policy) string {
-	n := strings.ToLower(name)
-	switch n {
-	case "role", "session_authorization":
-		return "the role comes from the token"
-	case "client_encoding":
-		if unsafeEncoding(value) {
-			return "client encodings that put ASCII bytes inside multibyte characters are not supported"
-		}
-	case "standard_conforming_strings":
-		switch strings.ToLower(strings.TrimSpace(value)) {
-		case "off", "false", "no", "0", "of", "f", "n":
-			return "pgtoken requires standard_conforming_strings = on"
-		}
-	}
-	if p := strings.ToLower(pol.ClaimsPrefix); p != "" && (n == p || strings.HasPrefix(n, p+".")) {
-		return "the claims come from the token"
-	}
-	if j := strings.ToLower(pol.ClaimsJSON); j != "" && n == j {
-		return "the claims come from the token"
-	}
-	return ""
-}
-
-// unsafeEncoding reports the client-only encodings whose multibyte
-// characters may contain ASCII bytes (a backslash, say), which would let a
-// string end where pgtoken's lexer does not see it end.
-func unsafeEncoding(v string) bool {
-	norm := strings.ToUpper(strings.NewReplacer("-", "", "_", "").Replace(strings.TrimSpace(v)))
-	switch norm {
-	case "SJIS", "SHIFTJIS", "MSKANJI", "WIN932", "CP932",
-		"BIG5", "WIN950", "CP950",
-		"GBK", "WIN936", "CP936",
-		"UHC", "WIN949", "CP949",
-		"GB18030", "JOHAB":
-		return true
-	}
-	return false
 }

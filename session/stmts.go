@@ -28,6 +28,9 @@ type clientStmt struct {
 	// prepare is, for SQL PREPARE, the PREPARE statement under the server
 	// name; such a statement is re-created with it rather than with Parse.
 	prepare string
+	// unconfirmed is set while the Parse that created it is unanswered
+	// (under the session mutex).
+	unconfirmed bool
 }
 
 // serverStmtName derives pgtoken's name for a statement from what makes it
@@ -46,7 +49,11 @@ func serverStmtName(role string, types []byte, text, origin string) string {
 }
 
 // lookupStmt finds a client statement by its client name ("" = unnamed).
+// A Parse registers its name at once, so a pipelined Bind finds it; if that
+// Parse fails, the server fails the Bind as well.
 func (s *Session) lookupStmt(name []byte) *clientStmt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if len(name) == 0 {
 		return s.unnamedStmt
 	}
@@ -134,7 +141,9 @@ func (s *Session) clientParse(c *pool.Conn, name string, st *clientStmt) {
 		s.stmts = map[string]*clientStmt{}
 	}
 	s.stmts[name] = st
+	st.unconfirmed = true
 	forget := func(err *wire.Error) {
+		st.unconfirmed = false
 		if err != nil && s.stmts[name] == st {
 			delete(s.stmts, name)
 		}
@@ -203,7 +212,9 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 		if inTx {
 			return true, s.refuse(wire.Errorf(wire.CodeActiveSQLTransaction, "DISCARD ALL cannot run inside a transaction block"), true)
 		}
+		s.mu.Lock()
 		s.stmts, s.unnamedStmt = nil, nil
+		s.mu.Unlock()
 		return true, s.resetSettings("DISCARD ALL")
 	case sqlscan.KindResetAll:
 		if inTx {
@@ -212,17 +223,34 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 		}
 		return true, s.resetSettings("RESET")
 	case sqlscan.KindDeallocate:
+		if s.inFlight() {
+			s.waitQuiet() // a pipelined PREPARE's outcome decides
+		}
+		s.mu.Lock()
+		existed := true
 		if st.Name == "" {
 			s.stmts = nil
-			return true, s.localAnswer(wire.AppendCommandComplete(nil, "DEALLOCATE ALL"), true)
+		} else {
+			_, existed = s.stmts[st.Name]
+			delete(s.stmts, st.Name)
 		}
-		if _, ok := s.stmts[st.Name]; !ok {
+		s.mu.Unlock()
+		switch {
+		case st.Name == "":
+			return true, s.localAnswer(wire.AppendCommandComplete(nil, "DEALLOCATE ALL"), true)
+		case !existed:
 			return true, s.refuse(wire.Errorf(wire.CodeInvalidSQLStatementName, "prepared statement %q does not exist", st.Name), true)
 		}
-		delete(s.stmts, st.Name)
 		return true, s.localAnswer(wire.AppendCommandComplete(nil, "DEALLOCATE"), true)
 	}
 	return false, nil
+}
+
+// inFlight reports whether answers are outstanding on the attached conn.
+func (s *Session) inFlight() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil && (s.pending > 0 || s.midBatch)
 }
 
 // inTransaction reports whether the client is inside a transaction (or may
@@ -236,15 +264,16 @@ func (s *Session) inTransaction() bool {
 // resetSettings makes the client's settings its startup settings again and
 // reports the ones the client is told about that change, as Postgres does.
 func (s *Session) resetSettings(tag string) error {
+	s.mu.Lock()
 	before := s.params
 	s.params = cloneMap(s.startParams)
-	s.mu.Lock()
 	s.capture = false
+	params := s.params
 	s.mu.Unlock()
 	var out []byte
 	for name, rn := range reportedName {
 		old, had := before[name]
-		now, has := s.params[name]
+		now, has := params[name]
 		if had == has && old == now {
 			continue
 		}

@@ -123,24 +123,54 @@ func (p *Policy) checkStatement(text string, st Statement) string {
 	}
 	switch st.Kind {
 	case KindSet, KindSetLocal, KindReset:
-		if r := p.protected(st.Name); r != "" {
+		v := verbSet
+		if st.Kind == KindReset {
+			v = verbReset
+		}
+		if r := p.protected(st.Name, v); r != "" {
 			return r
 		}
 	}
 	return p.walk(text[:st.End], st.Start, st.Kind == KindDo)
 }
 
-// protected returns why changing the setting name is refused, or "".
-func (p *Policy) protected(name string) string {
+// protected returns why changing the setting name (with SET or RESET, as v
+// says) is refused, or "".
+func (p *Policy) protected(name string, v verb) string {
+	r := ""
 	switch {
 	case name == "":
 		return ""
 	case equalFold(name, "role"):
-		return reasonRole
+		r = reasonRole
 	case equalFold(name, "session_authorization"):
-		return reasonSessionAuth
+		r = reasonSessionAuth
 	case p.isClaims(name):
 		return fmt.Sprintf("changing %s is not allowed through pgtoken: claims come from the token", name)
+	default:
+		return ""
+	}
+	if v == verbReset {
+		r = "RE" + r
+	}
+	return r
+}
+
+// CheckSetting returns why a client may not give the setting name the value
+// value (as a startup parameter or an options -c setting), or "".
+func (p *Policy) CheckSetting(name, value string) string {
+	if r := p.protected(name, verbSet); r != "" {
+		return r
+	}
+	switch {
+	case equalFold(name, "client_encoding"):
+		if unsafeEncoding(value) {
+			return fmt.Sprintf("client_encoding %q is not allowed through pgtoken: only encodings that never hide ASCII bytes inside characters are", value)
+		}
+	case equalFold(name, "standard_conforming_strings"):
+		if !isTrue(value) {
+			return reasonSCS
+		}
 	}
 	return ""
 }
@@ -281,7 +311,7 @@ func (p *Policy) settingReason(f setting, v verb, strict bool) string {
 		}
 		return ""
 	}
-	if r := p.protected(f.name); r != "" {
+	if r := p.protected(f.name, v); r != "" {
 		return r
 	}
 	if v != verbSet {
