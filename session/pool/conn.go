@@ -64,6 +64,8 @@ type Conn struct {
 	// holder of the conn.
 	UnnamedOwner, UnnamedGen uint64
 
+	poolState // the pool's bookkeeping (pool.go)
+
 	handler atomic.Pointer[handlerBox]
 	dead    atomic.Bool
 	born    time.Time
@@ -153,9 +155,12 @@ func (c *Conn) readLoop() {
 		if err = hb.h.ServerMessage(c, typ, n); err != nil {
 			break
 		}
-		// Flush the session that got the message, even if the message
-		// ended its transaction and detached it.
-		if c.R.Buffered() == 0 {
+		// Flush the session that got the message once nothing more is
+		// buffered, or at once if the message ended its transaction and
+		// detached it: what is buffered then (a FATAL as the server
+		// terminates the conn, say) is not its, and nothing would flush
+		// it later.
+		if c.R.Buffered() == 0 || c.handler.Load() != hb {
 			hb.h.ServerIdle(c)
 		}
 	}
