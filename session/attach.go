@@ -1,6 +1,7 @@
 package session
 
 import (
+	"errors"
 	"maps"
 	"sort"
 	"strings"
@@ -26,22 +27,45 @@ func (s *Session) claim() (c *pool.Conn, fresh bool, err error) {
 			s.cond.Wait() // upkeep runs; it ends in release or a ready conn
 			continue
 		}
+		if s.lostBatch {
+			// The conn broke mid-batch: the rest of the batch must not
+			// start on a new one (it would run without its prelude).
+			s.mu.Unlock()
+			return nil, false, errLostBatch
+		}
 		s.mu.Unlock()
 		c, err := s.srv.acquire(s.ctx, s.pool)
 		if err != nil {
 			return nil, false, err
 		}
 		s.mu.Lock()
-		s.attach(c)
+		if !s.attach(c) {
+			// The server closed it as it left the pool: take another.
+			s.pool.Discard(c)
+			continue
+		}
 		s.writing = true
 		s.wconn = c
 		return c, true, nil
 	}
 }
 
-// attach makes c this session's server connection (under mu) and brings its
-// session settings in line with the client's.
-func (s *Session) attach(c *pool.Conn) {
+// errLostBatch is claim's answer while the client is still sending the rest
+// of a batch whose server connection broke.
+var errLostBatch = errors.New("batch lost with its server connection")
+
+// attach makes c this session's server connection (under mu); claimUnit
+// brings its settings in line with the client's. It fails when c broke before
+// the session was attached: its reader goroutine may have ended without
+// seeing the session, so nobody would ever answer for it. (The reader marks
+// the conn dead before it looks for a session to tell, and attach looks
+// after attaching, so one of the two always sees the other.)
+func (s *Session) attach(c *pool.Conn) bool {
+	c.Attach(s)
+	if c.Dead() {
+		c.Detach() // a ServerGone the reader may still send finds s.conn != c
+		return false
+	}
 	s.conn = c
 	s.status = 'I'
 	s.pending = 0
@@ -50,8 +74,7 @@ func (s *Session) attach(c *pool.Conn) {
 	s.cmpl = 0
 	s.errored = false
 	s.q.clear()
-	c.Attach(s)
-	s.syncParams(c)
+	return true
 }
 
 // syncParams queues, as pgtoken's own query, whatever it takes to make c's
@@ -122,7 +145,7 @@ func beginQuery(c *pool.Conn) {
 // the conn stays until the client leaves.
 func (s *Session) maybeRelease() {
 	c := s.conn
-	if c == nil || s.pending > 0 || s.midBatch || s.writing || s.maint || s.cancelling > 0 {
+	if c == nil || s.pending > 0 || s.midBatch || s.writing || s.maint || s.cancelling > 0 || s.hold {
 		return
 	}
 	if s.status != 'I' {
@@ -132,6 +155,7 @@ func (s *Session) maybeRelease() {
 		return
 	}
 	if s.srv.cfg.Mode == ModeSession && !s.ended {
+		s.pool.NoteTransaction(0) // session mode: a transaction ended (metrics, SHOW STATS)
 		return
 	}
 	if s.capture && !s.ended {
@@ -209,7 +233,9 @@ func (s *Session) startCapture(c *pool.Conn) {
 	got := map[string]string{}
 	collect := func(row []byte) {
 		if name, value, ok := twoTextColumns(row); ok && value != "" {
-			got[name] = value
+			// pg_settings spells some names in mixed case (TimeZone);
+			// settings are keyed by lowercase name everywhere.
+			got[strings.ToLower(name)] = value
 		}
 	}
 	s.maint = true

@@ -29,6 +29,9 @@ func (s *Session) run() error {
 		}
 		typ, n, err := s.cr.Next()
 		if err != nil {
+			if s.idleWakeup(err) {
+				continue
+			}
 			return s.readError(err)
 		}
 		_ = s.nc.SetReadDeadline(time.Time{})
@@ -96,18 +99,59 @@ func (s *Session) readError(err error) error {
 }
 
 // setIdleDeadline arms the idle-in-transaction timeout while the client
-// holds a server connection in an open transaction and sends nothing.
+// holds a server connection. A transaction's answers are usually still in
+// flight when the client goroutine goes back to reading, so the deadline
+// is armed then too (a timeout from now) and checked when it passes
+// (idleWakeup): only a client that has sat idle inside a transaction for
+// the whole timeout is cut off.
 func (s *Session) setIdleDeadline() {
 	t := s.srv.cfg.IdleTransactionTimeout
 	if t <= 0 || s.srv.cfg.Mode == ModeSession {
 		return
 	}
+	now := time.Now()
+	s.lastActive = now
+	var at time.Time
 	s.mu.Lock()
-	inTx := s.conn != nil && s.pending == 0 && s.status != 'I'
-	s.mu.Unlock()
-	if inTx {
-		_ = s.nc.SetReadDeadline(time.Now().Add(t))
+	switch {
+	case s.conn == nil:
+	case s.idleInTransaction():
+		at = s.idleFrom().Add(t)
+	default:
+		at = now.Add(t)
 	}
+	s.mu.Unlock()
+	_ = s.nc.SetReadDeadline(at) // zero: none
+}
+
+// idleInTransaction reports whether the session holds a server connection
+// inside a transaction with nothing in flight (under mu).
+func (s *Session) idleInTransaction() bool {
+	return s.conn != nil && s.pending == 0 && s.q.len() == 0 && s.status != 'I'
+}
+
+// idleFrom is when the client went idle: its last message or the last
+// answer, whichever came later (under mu).
+func (s *Session) idleFrom() time.Time {
+	if s.idleSince.After(s.lastActive) {
+		return s.idleSince
+	}
+	return s.lastActive
+}
+
+// idleWakeup reports whether a failed client read was the idle deadline
+// passing while the client is not (or not yet for the whole timeout) idle
+// in a transaction: reading then goes on.
+func (s *Session) idleWakeup(err error) bool {
+	t := s.srv.cfg.IdleTransactionTimeout
+	var ne interface{ Timeout() bool }
+	if t <= 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		return false
+	}
+	s.mu.Lock()
+	expired := s.idleInTransaction() && time.Since(s.idleFrom()) >= t
+	s.mu.Unlock()
+	return !expired
 }
 
 // checkTokenLifetime ends a session whose token has expired once it is
@@ -143,6 +187,7 @@ func text(b []byte) string {
 
 // onQuery handles a simple Query.
 func (s *Session) onQuery(frame []byte) error {
+	s.pool.NoteQuery() // metrics and SHOW STATS: one atomic add
 	body := frame[5:]
 	q, ok := wire.QueryText(body)
 	if !ok {
@@ -158,6 +203,7 @@ func (s *Session) onQuery(frame []byte) error {
 		return err
 	}
 	if v := s.srv.cfg.Policy.Check(sql, stmts); v != nil {
+		s.srv.obs.GuardRejected()
 		return s.refuse(guardError(v.Reason), true)
 	}
 	if e := s.notInTransactionMode(stmts); e != nil {
@@ -176,6 +222,9 @@ func (s *Session) onQuery(frame []byte) error {
 		return s.localError(acquireError(err), true)
 	}
 	base := s.unitBase
+	if base == 'I' && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
+		return s.outsideTransaction(c, frame)
+	}
 	needPrelude := base == 'I'
 	u := unit{kind: uQuery}
 	if k := stmts[0].Kind; len(stmts) == 1 && (k == sqlscan.KindPrepare || k == sqlscan.KindExecute) {
@@ -388,6 +437,42 @@ func (s *Session) notInTransactionMode(stmts []sqlscan.Statement) *wire.Error {
 	return nil
 }
 
+// batchLost reports whether the server connection broke in the middle of
+// the client's current batch (under mu).
+func (s *Session) batchLost() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lostBatch
+}
+
+// inBatch reports whether extended messages were sent since the last Sync.
+func (s *Session) inBatch() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.midBatch
+}
+
+// dropUntilSync drops the rest of a batch that failed locally or lost its
+// server connection; its Sync is answered with ReadyForQuery, as Postgres
+// does after an error.
+func (s *Session) dropUntilSync(typ byte) error {
+	if typ != 'S' {
+		return nil
+	}
+	s.mu.Lock()
+	s.lostBatch = false
+	s.mu.Unlock()
+	s.skipUntilSync = false
+	return s.localAnswer(nil, true)
+}
+
+// attached reports whether a server connection is attached.
+func (s *Session) attached() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil
+}
+
 // takeTxLost reports (once) that the server connection broke while the
 // client sat inside a transaction.
 func (s *Session) takeTxLost() bool {
@@ -532,12 +617,8 @@ func (s *Session) localAnswerApply(b []byte, rfq bool, apply func()) error {
 
 // onExtended handles Parse, Bind, Describe, Execute, Close, Flush and Sync.
 func (s *Session) onExtended(typ byte, frame []byte) error {
-	if s.skipUntilSync || s.lostBatch {
-		if typ != 'S' {
-			return nil
-		}
-		s.skipUntilSync, s.lostBatch = false, false
-		return s.localAnswer(nil, true)
+	if s.skipUntilSync || s.batchLost() {
+		return s.dropUntilSync(typ)
 	}
 	body := frame[5:]
 	var m extMsg
@@ -570,12 +651,16 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 			return nil
 		}
 	}
-	if !s.midBatch && s.takeTxLost() {
+	mid := s.inBatch()
+	if !mid && s.takeTxLost() {
 		return s.localError(errTxLost(), typ == 'S')
+	}
+	if typ == 'P' && len(m.name) > 0 && !mid && !s.attached() && !s.pool.Available() {
+		return s.deferParse(string(m.name), m.stmt)
 	}
 	var c *pool.Conn
 	var err error
-	if s.midBatch {
+	if mid {
 		c, _, err = s.claim()
 	} else {
 		c, err = s.claimUnit()
@@ -585,6 +670,9 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 			s.predicted = s.unitBase
 		}
 	}
+	if errors.Is(err, errLostBatch) {
+		return s.dropUntilSync(typ)
+	}
 	if err != nil {
 		return s.localError(acquireError(err), typ == 'S')
 	}
@@ -593,14 +681,17 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 		if typ != 'S' {
 			s.mu.Unlock()
 			_, err := c.W.Write(frame)
-			return err
+			return toServer(c, err)
 		}
 		s.skipping = false
 	}
 	if s.preludePending {
 		switch {
 		case typ == 'S':
-			if s.chainOpen {
+			// The batch opened a transaction (BEGIN, or COMMIT AND CHAIN)
+			// and ran nothing else in it yet: the prelude goes in before
+			// Sync, or the transaction's later batches would run without it.
+			if s.predicted == 'T' {
 				s.appendExtendedPrelude(c)
 			}
 			s.preludePending = false
@@ -665,7 +756,7 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 		s.midBatch = true
 	}
 	s.mu.Unlock()
-	return err
+	return toServer(c, err)
 }
 
 // extMsg is what onExtended learned from one extended-protocol message
@@ -691,6 +782,7 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg) error {
 		sql := text(query)
 		s.scan = sqlscan.Split(sql, s.scan[:0])
 		if v := s.srv.cfg.Policy.Check(sql, s.scan); v != nil {
+			s.srv.obs.GuardRejected()
 			m.refuse = guardError(v.Reason)
 			return nil
 		}
@@ -761,6 +853,7 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg) error {
 			m.describePortal = true
 		}
 	case 'E':
+		s.pool.NoteQuery() // metrics and SHOW STATS: one atomic add
 		portal, ok := wire.ExecutePortal(body)
 		if !ok {
 			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Execute message")
@@ -875,13 +968,25 @@ func (s *Session) onCopy(typ byte, n int) error {
 	s.wconn = c
 	s.mu.Unlock()
 	if n > streamThreshold {
-		return s.cr.Stream(c.W)
+		return toServer(c, s.cr.Stream(c.W))
 	}
 	f, err := s.cr.Frame()
 	if err != nil {
 		return err
 	}
 	_, err = c.W.Write(f)
+	return toServer(c, err)
+}
+
+// toServer keeps a failed write to the server connection from ending the
+// session: the connection is closed, its reader goroutine reports the loss
+// (ServerGone) and the client hears 08006 for what was in flight. Other
+// errors (reading the client) pass.
+func toServer(c *pool.Conn, err error) error {
+	if err != nil && c.W.Err() != nil {
+		c.Close()
+		return nil
+	}
 	return err
 }
 
@@ -898,19 +1003,18 @@ func (s *Session) onFunctionCall(frame []byte) error {
 		return s.localError(wire.Errorf(wire.CodeInsufficientPrivilege,
 			"pgtoken allows the function-call protocol only for large-object functions (OID %d refused)", oid), true)
 	}
-	c, _, err := s.claim()
+	c, err := s.claimUnit()
 	if err != nil {
 		return s.localError(acquireError(err), true)
 	}
-	base, _ := s.baseStatus()
-	if base == 'I' {
+	if s.unitBase == 'I' {
 		s.appendExtendedPrelude(c)
 	}
 	s.q.push(unit{kind: uFunc})
 	s.pending++
 	s.mu.Unlock()
 	_, err = c.W.Write(frame)
-	return err
+	return toServer(c, err)
 }
 
 // largeObjectFunctions are the OIDs of lo_open, lo_close, loread, lowrite,

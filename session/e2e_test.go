@@ -134,8 +134,11 @@ func writePublicPEM(t *testing.T, priv []byte, path string) {
 	if err := json.Unmarshal(priv, &set); err != nil {
 		t.Fatal(err)
 	}
-	x, y := b64int(t, set.Keys[0].X), b64int(t, set.Keys[0].Y)
-	pk := &ecdsa.PublicKey{Curve: elliptic.P256(), X: x, Y: y}
+	x, y := b64bytes(t, set.Keys[0].X), b64bytes(t, set.Keys[0].Y)
+	pk, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+	if err != nil {
+		t.Fatal(err)
+	}
 	der, err := x509.MarshalPKIXPublicKey(pk)
 	if err != nil {
 		t.Fatal(err)
@@ -145,12 +148,12 @@ func writePublicPEM(t *testing.T, priv []byte, path string) {
 	}
 }
 
-func b64int(t *testing.T, s string) *big.Int {
+func b64bytes(t *testing.T, s string) []byte {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return new(big.Int).SetBytes(b)
+	return b
 }
 
 // selfSigned writes a certificate and key for 127.0.0.1/localhost.
@@ -306,5 +309,14 @@ func TestExpiredTokenEndsTheSessionBetweenTransactions(t *testing.T) {
 	pe := pgErr(err)
 	if pe == nil || pe.Code != "28000" || pe.Severity != "FATAL" || pe.Message != "token expired" {
 		t.Fatalf("after expiry: %v", err)
+	}
+}
+
+func TestTokenPastExpWithinLeewayIsRefusedAtLogin(t *testing.T) {
+	env := pgtest.Start(t, nil) // leeway 30s
+	tok := pgtest.Token(t, map[string]any{"role": "web_user", "exp": time.Now().Add(-5 * time.Second).Unix()})
+	_, err := pgconn.Connect(ctx(t), env.DSN(tok))
+	if pe := pgErr(err); pe == nil || pe.Code != "28P01" || !strings.Contains(pe.Message, "expired") {
+		t.Fatalf("expired within leeway: %v", err)
 	}
 }

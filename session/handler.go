@@ -3,6 +3,7 @@ package session
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -283,6 +284,9 @@ func (s *Session) readyForQuery(c *pool.Conn, u *unit) error {
 		done(nil)
 	}
 	if s.pending == 0 {
+		if s.status != 'I' && s.srv.cfg.IdleTransactionTimeout > 0 {
+			s.idleSince = time.Now()
+		}
 		s.cond.Broadcast()
 		s.maybeRelease()
 	}
@@ -344,12 +348,32 @@ func (s *Session) ServerGone(c *pool.Conn, err error) {
 	lost := wire.Errorf(wire.CodeConnectionFailure, "pgtoken: the server connection was lost; the transaction did not complete")
 	lost.Hint = "Retry the transaction; pgtoken opens a new server connection for it."
 	sent := s.errored || s.skipping
+	// The units' done callbacks run once every unit was answered for: a
+	// done may detach the session (a failed upkeep does), which clears the
+	// queue, and the client's units behind it must still get their error.
+	type doneCall struct {
+		done func(*wire.Error)
+		err  *wire.Error
+	}
+	var dones []doneCall
 	for s.q.len() > 0 {
-		u := s.q.peek()
+		u := *s.q.peek()
+		s.q.pop()
+		var uerr *wire.Error = lost
 		switch {
 		case u.kind == uLocal:
+			// pgtoken's own answer to a later message is still given,
+			// unless it would have been skipped after this batch's
+			// error; one that ends a Query or batch is always given.
+			if !sent || u.rfq {
+				s.out = append(s.out, u.local...)
+				uerr = nil
+			}
 			if u.rfq {
+				rfq := wire.ReadyForQuery('I')
+				s.out = append(s.out, rfq[:]...)
 				s.pending--
+				sent = false
 			}
 		case u.own == ownMaint:
 		case u.syncPoint():
@@ -366,9 +390,11 @@ func (s *Session) ServerGone(c *pool.Conn, err error) {
 			}
 		}
 		if u.done != nil {
-			u.done(lost)
+			dones = append(dones, doneCall{u.done, uerr})
 		}
-		s.q.pop()
+	}
+	for _, d := range dones {
+		d.done(d.err)
 	}
 	if s.midBatch && !sent {
 		s.sendError(lost)

@@ -15,8 +15,10 @@ import (
 	"github.com/pgtoken/pgtoken/internal/pgtest"
 )
 
-// identSQL asks the server who is running this statement.
-const identSQL = "select current_user::text, coalesce(current_setting('jwt.claims.sub', true), '<none>'), coalesce(current_setting('jwt.claims.q', true), '<none>')"
+// identSQL asks the server who is running this statement. A claim that is
+// not set reads as an empty string on a connection where some session had
+// set it, so empty counts as unset.
+const identSQL = "select current_user::text, coalesce(nullif(current_setting('jwt.claims.sub', true), ''), '<none>'), coalesce(nullif(current_setting('jwt.claims.q', true), ''), '<none>')"
 
 // identity is what one client's statements must see.
 type identity struct{ role, sub, q string }
@@ -29,6 +31,25 @@ type isoClient struct {
 	rnd        *rand.Rand
 	checked    *atomic.Int64
 	mismatches *atomic.Int64
+	// chaos, when set, tolerates (and counts) every error: server
+	// connections are being killed and the server restarted. Identity
+	// mismatches are never tolerated.
+	chaos *chaosCounts
+	flow  int // the flow step runs (or ran last)
+}
+
+// judge checks a flow's error: under chaos every error is counted, else it
+// must be exactly what the flow expects.
+func (ic *isoClient) judge(flow string, err error, wantErr bool) {
+	if ic.chaos != nil {
+		if err != nil {
+			ic.chaos.note(err)
+		}
+		return
+	}
+	if (err != nil) != wantErr {
+		ic.t.Errorf("%s: err = %v", flow, err)
+	}
 }
 
 func (ic *isoClient) check(flow string, res []*pgconn.Result) {
@@ -40,8 +61,9 @@ func (ic *isoClient) check(flow string, res []*pgconn.Result) {
 			ic.checked.Add(1)
 			got := identity{string(row[0]), string(row[1]), string(row[2])}
 			if got != ic.want {
-				ic.mismatches.Add(1)
-				ic.t.Errorf("%s: statement saw %+v, want %+v", flow, got, ic.want)
+				if n := ic.mismatches.Add(1); n <= 20 {
+					ic.t.Errorf("IDENTITY MISMATCH in flow %q: statement saw %+v, want %+v", flow, got, ic.want)
+				}
 			}
 		}
 	}
@@ -49,9 +71,7 @@ func (ic *isoClient) check(flow string, res []*pgconn.Result) {
 
 func (ic *isoClient) simple(ctx context.Context, flow, sql string, wantErr bool) {
 	res, err := ic.c.Exec(ctx, sql).ReadAll()
-	if (err != nil) != wantErr {
-		ic.t.Errorf("%s: %q: err = %v", flow, sql, err)
-	}
+	ic.judge(flow+": "+sql, err, wantErr)
 	ic.check(flow, res)
 }
 
@@ -61,16 +81,15 @@ func (ic *isoClient) batch(ctx context.Context, flow string, sqls []string, want
 		b.ExecParams(s, nil, nil, nil, nil)
 	}
 	res, err := ic.c.ExecBatch(ctx, b).ReadAll()
-	if (err != nil) != wantErr {
-		ic.t.Errorf("%s: err = %v", flow, err)
-	}
+	ic.judge(flow, err, wantErr)
 	ic.check(flow, res)
 }
 
 // step runs one randomly chosen flow.
 func (ic *isoClient) step(ctx context.Context) {
 	q := identSQL
-	switch ic.rnd.IntN(14) {
+	ic.flow = ic.rnd.IntN(17)
+	switch ic.flow {
 	case 0:
 		ic.simple(ctx, "simple", q, false)
 	case 1:
@@ -85,9 +104,7 @@ func (ic *isoClient) step(ctx context.Context) {
 		ic.simple(ctx, "commit", "commit", false)
 	case 3:
 		r := ic.c.ExecParams(ctx, q+" where $1::int > 0", [][]byte{[]byte("1")}, nil, nil, nil).Read()
-		if r.Err != nil {
-			ic.t.Errorf("extended: %v", r.Err)
-		}
+		ic.judge("extended", r.Err, false)
 		ic.check("extended", []*pgconn.Result{r})
 	case 4:
 		ic.batch(ctx, "batch commit mid", []string{q, "begin", q, "commit", q, "begin", q, "rollback", q}, false)
@@ -115,12 +132,12 @@ func (ic *isoClient) step(ctx context.Context) {
 		p.SendQueryParams(q, nil, nil, nil, nil)
 		p.Sync()
 		if err := p.Flush(); err != nil {
-			ic.t.Errorf("pipeline flush: %v", err)
+			ic.judge("pipeline flush", err, false)
 		}
 		for {
 			r, err := p.GetResults()
 			if err != nil {
-				ic.t.Errorf("pipeline: %v", err)
+				ic.judge("pipeline", err, false)
 				break
 			}
 			if r == nil {
@@ -128,14 +145,12 @@ func (ic *isoClient) step(ctx context.Context) {
 			}
 			if rr, ok := r.(*pgconn.ResultReader); ok {
 				res := rr.Read()
-				if res.Err != nil {
-					ic.t.Errorf("pipeline result: %v", res.Err)
-				}
+				ic.judge("pipeline result", res.Err, false)
 				ic.check("pipeline", []*pgconn.Result{res})
 			}
 		}
 		if err := p.Close(); err != nil {
-			ic.t.Errorf("pipeline close: %v", err)
+			ic.judge("pipeline close", err, false)
 		}
 	case 10:
 		ic.simple(ctx, "explicit across messages", "begin", false)
@@ -150,13 +165,77 @@ func (ic *isoClient) step(ctx context.Context) {
 		// A named statement prepared once, used in later transactions on
 		// whatever server connection they get.
 		r := ic.c.ExecPrepared(ctx, "iso", nil, nil, nil).Read()
-		if r.Err != nil {
-			ic.t.Errorf("prepared: %v", r.Err)
-		}
+		ic.judge("prepared", r.Err, false)
 		ic.check("prepared", []*pgconn.Result{r})
 	case 13:
 		ic.simple(ctx, "sql prepared", "execute isosql", false)
+	case 14:
+		// BEGIN alone in an extended batch (libpq PQexecParams, pgbench
+		// -M extended): the rest of the transaction needs the prelude.
+		for _, sql := range []string{"begin", q, q, "commit"} {
+			r := ic.c.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+			ic.judge("extended begin alone", r.Err, false)
+			ic.check("extended begin alone", []*pgconn.Result{r})
+		}
+	case 15:
+		ic.batch(ctx, "begin isolation alone", []string{"begin isolation level serializable"}, false)
+		ic.batch(ctx, "after begin isolation", []string{q}, false)
+		ic.simple(ctx, "after begin isolation", "commit", false)
+	case 16:
+		// A statement that cannot run in a transaction block: pgtoken
+		// sets the identity for the session around it, and must undo it
+		// before anyone else gets the connection. (VACUUM of a table the
+		// role does not own only warns.)
+		ic.simple(ctx, "vacuum", "vacuum notes", false)
+		ic.simple(ctx, "after vacuum", q, false)
 	}
+}
+
+// isoIdentity is what client i of an isolation run is, and its token. Every
+// fourth client has no claim q, so a q left on a server connection by
+// another client shows.
+func isoIdentity(t testing.TB, i int) (identity, string) {
+	role := "web_user"
+	if i%3 == 0 {
+		role = "web_admin"
+	}
+	want := identity{role: role, sub: fmt.Sprintf(`user'%d"\`, i), q: fmt.Sprintf("q %d: it's \"quoted\" $$ ;", i)}
+	claims := map[string]any{"role": role, "sub": want.sub, "q": want.q}
+	if i%4 == 1 {
+		want.q = "<none>"
+		delete(claims, "q")
+	}
+	return want, pgtest.Token(t, claims)
+}
+
+// isoConnect logs client i in; every other client brings its own startup
+// settings, so server connections need a settings sync when they change
+// hands.
+func isoConnect(t *testing.T, env *pgtest.Env, i int, tok string) *pgconn.PgConn {
+	if i%2 == 0 {
+		return env.Connect(tok)
+	}
+	cfg, err := pgconn.ParseConfig(env.DSN(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = fmt.Sprintf("iso-%d", i)
+	cfg.RuntimeParams["TimeZone"] = "Asia/Tokyo"
+	c, err := pgconn.ConnectConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// isoPrepare prepares the statements the flows use (per client session).
+func isoPrepare(ctx context.Context, c *pgconn.PgConn) error {
+	if _, err := c.Prepare(ctx, "iso", identSQL, nil); err != nil {
+		return err
+	}
+	_, err := c.Exec(ctx, "prepare isosql as "+identSQL).ReadAll()
+	return err
 }
 
 // runIsolation runs clients concurrently for iterations each and reports
@@ -167,17 +246,9 @@ func runIsolation(t *testing.T, env *pgtest.Env, clients, iterations int) int64 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	for i := range clients {
-		role := "web_user"
-		if i%3 == 0 {
-			role = "web_admin"
-		}
-		want := identity{role: role, sub: fmt.Sprintf(`user'%d"\`, i), q: fmt.Sprintf("q %d: it's \"quoted\" $$ ;", i)}
-		tok := pgtest.Token(t, map[string]any{"role": role, "sub": want.sub, "q": want.q})
-		c := env.Connect(tok)
-		if _, err := c.Prepare(context.Background(), "iso", identSQL, nil); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Exec(context.Background(), "prepare isosql as "+identSQL).ReadAll(); err != nil {
+		want, tok := isoIdentity(t, i)
+		c := isoConnect(t, env, i, tok)
+		if err := isoPrepare(context.Background(), c); err != nil {
 			t.Fatal(err)
 		}
 		ic := &isoClient{t: t, c: c, want: want, rnd: rand.New(rand.NewPCG(uint64(i), 42)), checked: &checked, mismatches: &mismatches}
@@ -200,6 +271,7 @@ func runIsolation(t *testing.T, env *pgtest.Env, clients, iterations int) int64 
 }
 
 func TestIsolationManyClientsSmallPool(t *testing.T) {
+	checkLeaks(t)               // reliability_test.go
 	env := pgtest.Start(t, nil) // pool size 2
 	iterations := 150
 	if testing.Short() {

@@ -34,49 +34,85 @@ const (
 	clientReadBuffer = 4 << 10
 )
 
+// attempt is one client connection's startup phase.
+type attempt struct {
+	id   uint32   // the connection id, later the session's process id
+	nc   net.Conn // as accepted
+	conn net.Conn // where answers go: nc, or the TLS conn over it
+	log  *zap.Logger
+}
+
 // handle runs one client connection from accept to close.
 func (s *Server) handle(nc net.Conn) {
 	defer nc.Close()
-	addr := nc.RemoteAddr().String()
-	log := s.log.With(zap.String("client", addr))
-	if max := s.cfg.MaxClientConn; max > 0 && s.clients.Load() >= int64(max) {
+	a := &attempt{id: s.newID(), nc: nc, conn: nc}
+	a.log = s.log.With(zap.Uint32("conn", a.id), zap.String("client", nc.RemoteAddr().String()))
+	if max := s.cfg.MaxClientConn; max > 0 && s.conns.Load() >= int64(max) {
 		writeFatal(nc, wire.Fatalf(wire.CodeTooManyConnections, "sorry, too many clients already (pgtoken max_client_conn %d)", max))
 		return
 	}
-	s.clients.Add(1)
-	defer s.clients.Add(-1)
+	s.conns.Add(1)
+	defer s.conns.Add(-1)
 
 	if t := s.cfg.StartupTimeout; t > 0 {
 		_ = nc.SetDeadline(time.Now().Add(t))
 	}
-	sess, err := s.login(nc, log)
+	s.sessMu.Lock()
+	s.logins[a.id] = nc
+	s.sessMu.Unlock()
+	if s.draining.Load() {
+		_ = nc.Close() // Shutdown may have swept the logins already
+	}
+	entry := &client{}
+	sess, con, err := s.login(a, entry)
+	s.sessMu.Lock()
+	delete(s.logins, a.id)
+	s.sessMu.Unlock()
+	defer func() {
+		if con != nil {
+			s.unregister(con.id, entry)
+		} else if sess != nil {
+			s.unregister(sess.id, entry)
+		}
+	}()
 	if err != nil {
 		if sess == nil || !errors.Is(err, io.EOF) {
-			s.loginFailed(sess, nc, log, err)
+			s.loginFailed(a, err)
 		}
 		return
 	}
+	s.obs.LoginSucceeded()
+	if con != nil {
+		if s.draining.Load() {
+			con.terminate(wire.Fatalf(wire.CodeAdminShutdown, "terminating connection due to administrator command"))
+			return
+		}
+		con.run()
+		return
+	}
 	_ = sess.nc.SetDeadline(time.Time{})
-	sess.log.Info("client connected")
-	err = sess.run()
+	if s.draining.Load() {
+		err = errShuttingDown()
+	} else {
+		sess.log.Info("client connected")
+		err = sess.run()
+	}
 	sess.finish(err)
-	s.unregister(sess)
 }
 
 // loginFailed reports a failed login to the client and the log.
-func (s *Server) loginFailed(sess *Session, nc net.Conn, log *zap.Logger, err error) {
+func (s *Server) loginFailed(a *attempt, err error) {
 	if errors.Is(err, errQuietClose) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return
 	}
+	s.noteLoginFailure(a, err) // backoff.go
 	var ae *authn.Error
 	if errors.As(err, &ae) {
-		log.Info("authentication failed", zap.String("reason", string(ae.Reason)), zap.String("detail", ae.Detail))
+		a.log.Info("authentication failed", zap.String("reason", string(ae.Reason)), zap.String("detail", ae.Detail))
+	} else if s.draining.Load() && isClosedConn(err) {
+		return // closed by Shutdown
 	} else {
-		log.Info("login failed", zap.Error(err))
-	}
-	c := nc
-	if sess != nil {
-		c = sess.nc
+		a.log.Info("login failed", zap.Error(err))
 	}
 	var we *wire.Error
 	if !errors.As(err, &we) {
@@ -90,7 +126,13 @@ func (s *Server) loginFailed(sess *Session, nc net.Conn, log *zap.Logger, err er
 		}
 	}
 	we.Severity = wire.SeverityFatal
-	writeFatal(c, we)
+	writeFatal(a.conn, we)
+}
+
+// authFailed counts a refused login and returns err.
+func (s *Server) authFailed(reason string, err error) error {
+	s.obs.AuthFailed(reason)
+	return err
 }
 
 // errQuietClose ends a connection that needs no answer (a CancelRequest).
@@ -106,8 +148,11 @@ func writeFatal(nc net.Conn, err error) {
 	_, _ = nc.Write(b)
 }
 
-// login performs the startup phase and returns a ready session.
-func (s *Server) login(nc net.Conn, log *zap.Logger) (*Session, error) {
+// login performs the startup phase and returns a ready session, or a
+// console for an admin on database pgtoken. entry is the client's registry
+// entry, filled in when it is registered.
+func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
+	nc := a.nc
 	r := wire.NewReader(nc, clientReadBuffer, s.cfg.MaxPasswordBytes)
 	conn := nc
 	secure := false
@@ -115,10 +160,10 @@ func (s *Server) login(nc net.Conn, log *zap.Logger) (*Session, error) {
 	for params == nil {
 		body, err := r.ReadStartup(s.cfg.MaxStartupPacket)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if len(body) < 4 {
-			return nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
+			return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
 		}
 		code := binary.BigEndian.Uint32(body)
 		switch {
@@ -126,37 +171,38 @@ func (s *Server) login(nc net.Conn, log *zap.Logger) (*Session, error) {
 			if r.Buffered() > 0 {
 				// Bytes sent after SSLRequest before the answer would be
 				// read as if they came over TLS.
-				return nil, wire.Fatalf(wire.CodeProtocolViolation, "received unencrypted data after SSL request")
+				return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "received unencrypted data after SSL request")
 			}
 			if secure || s.cfg.TLS == nil {
 				if _, err := conn.Write([]byte{'N'}); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				continue
 			}
 			if _, err := conn.Write([]byte{'S'}); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			tc := tls.Server(nc, s.cfg.TLS)
 			if err := tc.Handshake(); err != nil {
-				return nil, fmt.Errorf("%w: TLS handshake: %v", errQuietClose, err)
+				return nil, nil, fmt.Errorf("%w: TLS handshake: %v", errQuietClose, err)
 			}
 			conn, secure = tc, true
+			a.conn = tc
 			r.Reset(tc)
 		case code == codeGSSENCRequest:
 			if _, err := conn.Write([]byte{'N'}); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		case code == codeCancelRequest:
 			if len(body) < 12 {
-				return nil, errQuietClose
+				return nil, nil, errQuietClose
 			}
 			s.cancel(binary.BigEndian.Uint32(body[4:]), body[8:])
-			return nil, errQuietClose
+			return nil, nil, errQuietClose
 		case code>>16 == 3:
 			var sm pgproto3.StartupMessage
 			if err := sm.Decode(body); err != nil {
-				return nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
+				return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
 			}
 			params = sm.Parameters
 			if params == nil {
@@ -164,69 +210,91 @@ func (s *Server) login(nc net.Conn, log *zap.Logger) (*Session, error) {
 			}
 			if code&0xffff != 0 {
 				if err := negotiate(conn, params); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 			}
 		default:
-			return nil, wire.Fatalf(wire.CodeFeatureNotSupported,
+			return nil, nil, wire.Fatalf(wire.CodeFeatureNotSupported,
 				"unsupported frontend protocol %d.%d: pgtoken supports 3.0", code>>16, code&0xffff)
 		}
 	}
 	if _, ok := params["replication"]; ok {
-		return nil, wire.Fatalf(wire.CodeFeatureNotSupported, "pgtoken does not support replication connections")
+		return nil, nil, wire.Fatalf(wire.CodeFeatureNotSupported, "pgtoken does not support replication connections")
 	}
 	user := params["user"]
 	if user == "" {
-		return nil, wire.Fatalf(wire.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+		return nil, nil, wire.Fatalf(wire.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
 	}
 	db := params["database"]
 	if db == "" {
 		db = user
 	}
+	a.log = a.log.With(zap.String("database", db))
 	if !secure && s.cfg.RequireTLSForRemote && !isLoopback(nc.RemoteAddr()) {
-		return nil, wire.Fatalf(wire.CodeInvalidAuthorization,
+		return nil, nil, s.authFailed(AuthTLSRequired, wire.Fatalf(wire.CodeInvalidAuthorization,
 			"pgtoken refuses to receive a token over an unencrypted connection").
-			WithHint("Connect with sslmode=require (or verify-full).")
+			WithHint("Connect with sslmode=require (or verify-full)."))
+	}
+
+	if err := s.checkBackoff(a); err != nil { // backoff.go
+		return nil, nil, err
 	}
 
 	// The password is the token.
 	if _, err := conn.Write(wire.MsgAuthCleartext); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	typ, _, err := r.Next()
 	if err != nil {
 		if errors.Is(err, wire.ErrBadLength) {
-			return nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid password packet")
+			return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid password packet")
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	if typ != 'p' {
-		return nil, wire.Fatalf(wire.CodeProtocolViolation, "expected a password message, got %q", typ)
+		return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "expected a password message, got %q", typ)
 	}
 	body, err := r.Body()
 	if err != nil {
 		if errors.Is(err, wire.ErrMessageTooLarge) {
-			return nil, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is larger than %d bytes", s.cfg.MaxPasswordBytes)
+			return nil, nil, s.authFailed(AuthMalformed, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is larger than %d bytes", s.cfg.MaxPasswordBytes))
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	pw, _, ok := wire.CString(body)
 	if !ok || len(pw) == 0 {
-		return nil, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is empty; it must be a JWT")
+		return nil, nil, s.authFailed(AuthMalformed, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is empty; it must be a JWT"))
 	}
-	ident, err := s.cfg.Verifier.Verify(string(pw))
+	ident, err := s.verifier.Load().v.Verify(string(pw))
 	if err != nil {
 		var ae *authn.Error
 		if errors.As(err, &ae) {
-			return nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
+			s.obs.AuthFailed(authReason(ae.Reason))
+			return nil, nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
 				Message: fmt.Sprintf("token rejected (%s): %s", ae.Reason, ae.Error()), Err: err}
 		}
-		return nil, err
+		return nil, nil, err
+	}
+	if !ident.ExpiresAt.IsZero() && !time.Now().Before(ident.ExpiresAt) {
+		// Inside jwt.leeway the verifier accepts it, but a session may not
+		// start a transaction past exp: refuse now rather than at the first
+		// statement.
+		s.obs.AuthFailed(authReason(authn.ReasonExpired))
+		return nil, nil, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (expired): token expired")
+	}
+	s.noteLoginSuccess(a) // backoff.go
+	if db == ConsoleDatabase && len(*s.admins.Load()) > 0 {
+		con, err := s.openConsole(a, entry, r, ident, params, secure)
+		return nil, con, err
 	}
 	pre, err := newPrelude(ident)
 	if err != nil {
-		return nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
+		s.obs.AuthFailed(AuthMalformed)
+		return nil, nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
 			Message: "token rejected (malformed): " + err.Error()}
+	}
+	if err := s.checkRole(a, db, ident.Role); err != nil { // roles.go
+		return nil, nil, err
 	}
 
 	sess := &Session{
@@ -239,42 +307,46 @@ func (s *Server) login(nc net.Conn, log *zap.Logger) (*Session, error) {
 		addr:  nc.RemoteAddr().String(),
 		start: time.Now(),
 		ctx:   s.ctx,
+		id:    a.id,
+		// Nothing is in flight yet: the first message starts a transaction.
+		predicted: 'I',
+		status:    'I',
 	}
 	sess.cond = sync.NewCond(&sess.mu)
-	sess.log = log.With(zap.String("database", db), zap.String("sub", ident.Sub),
-		zap.String("role", ident.Role), zap.String("jti", ident.JTI))
+	sess.log = a.log.With(zap.String("sub", ident.Sub), zap.String("role", ident.Role), zap.String("jti", ident.JTI))
 	r.SetLimit(s.cfg.MaxMessage)
 	if sess.pool, err = s.poolFor(db); err != nil {
-		return sess, err
+		return sess, nil, err
 	}
 	clientParams, err := startupSettings(params, s.cfg.Policy)
 	if err != nil {
-		return sess, err
+		return sess, nil, err
 	}
 	report, err := sess.applyStartup(clientParams)
 	if err != nil {
-		return sess, err
+		return sess, nil, err
 	}
 	// The client is in: AuthenticationOk, the server's parameters as
 	// this client sees them, pgtoken's own cancel key, ReadyForQuery.
-	s.register(sess)
+	entry.appName, entry.tls = cleanAppName(params["application_name"]), secure
+	s.register(sess, entry)
 	out := append([]byte(nil), wire.MsgAuthenticationOK...)
 	for _, name := range sortedKeys(report) {
 		ps := pgproto3.ParameterStatus{Name: name, Value: report[name]}
 		if out, err = ps.Encode(out); err != nil {
-			return sess, err
+			return sess, nil, err
 		}
 	}
 	kd := pgproto3.BackendKeyData{ProcessID: sess.id, SecretKey: sess.key}
 	if out, err = kd.Encode(out); err != nil {
-		return sess, err
+		return sess, nil, err
 	}
 	rfq := wire.ReadyForQuery('I')
 	out = append(out, rfq[:]...)
 	if _, err := conn.Write(out); err != nil {
-		return sess, err
+		return sess, nil, err
 	}
-	return sess, nil
+	return sess, nil, nil
 }
 
 // negotiate answers a request for a newer 3.x minor version (and any _pq_

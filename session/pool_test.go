@@ -13,6 +13,7 @@ import (
 )
 
 func TestKilledServerConnectionIsReplaced(t *testing.T) {
+	checkLeaks(t) // reliability_test.go
 	env := pgtest.Start(t, nil)
 	a := env.Connect(pgtest.UserToken(t, "alice"))
 	b := env.Connect(pgtest.UserToken(t, "bob"))
@@ -33,6 +34,7 @@ func TestKilledServerConnectionIsReplaced(t *testing.T) {
 }
 
 func TestIdleServerConnectionsKilledAreNotNoticed(t *testing.T) {
+	checkLeaks(t) // reliability_test.go
 	env := pgtest.Start(t, nil)
 	a := env.Connect(pgtest.UserToken(t, "alice"))
 	b := env.Connect(pgtest.UserToken(t, "bob"))
@@ -50,6 +52,7 @@ func TestIdleServerConnectionsKilledAreNotNoticed(t *testing.T) {
 }
 
 func TestClientVanishingMidTransactionLeavesNothingBehind(t *testing.T) {
+	checkLeaks(t) // reliability_test.go
 	env := pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 })
 	a := env.Connect(pgtest.UserToken(t, "alice"))
 	rows(t, a, "begin; insert into notes(body) values ('uncommitted')")
@@ -69,6 +72,7 @@ func TestClientVanishingMidTransactionLeavesNothingBehind(t *testing.T) {
 }
 
 func TestClientVanishingMidQuery(t *testing.T) {
+	checkLeaks(t) // reliability_test.go
 	env := pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 })
 	a := env.Connect(pgtest.UserToken(t, "alice"))
 	go func() { _, _ = a.Exec(context.Background(), "select pg_sleep(5)").ReadAll() }()
@@ -85,6 +89,7 @@ func TestClientVanishingMidQuery(t *testing.T) {
 }
 
 func TestSessionModeKeepsSessionStateAndCleansUp(t *testing.T) {
+	checkLeaks(t) // reliability_test.go
 	env := pgtest.Start(t, func(c *config.Config) {
 		c.Pool.Mode = "session"
 		c.Pool.Size = 1

@@ -35,6 +35,11 @@ type prelude struct {
 	// bindNamed, executeNamed and closeNamed run the prelude in a portal of
 	// its own, for when the client's unnamed portal must not be replaced.
 	bindNamed, executeNamed, closeNamed []byte
+
+	// sessionSet and sessionReset set the role and claims for the whole
+	// session and undo that, for statements that cannot run inside a
+	// transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ...).
+	sessionSet, sessionReset string
 }
 
 // preludePortal names the portal of the prelude when the unnamed one is
@@ -50,21 +55,24 @@ func newPrelude(id *authn.Identity) (*prelude, error) {
 	if len(id.Settings)+1 > maxSettings {
 		return nil, fmt.Errorf("token carries %d claims; at most %d are supported", len(id.Settings), maxSettings-1)
 	}
-	var b strings.Builder
-	b.WriteString("SET LOCAL ROLE ")
-	writeLiteral(&b, id.Role)
-	b.WriteByte(';')
-	for _, s := range id.Settings {
-		b.WriteString("SET LOCAL ")
-		if err := writeSettingName(&b, s.Name); err != nil {
-			return nil, err
-		}
-		b.WriteString(" TO ")
-		writeLiteral(&b, s.Value)
-		b.WriteByte(';')
+	simple, err := setText(id, "SET LOCAL ")
+	if err != nil {
+		return nil, err
+	}
+	session, err := setText(id, "SET ")
+	if err != nil {
+		return nil, err
 	}
 	n := len(id.Settings) + 1
-	p := &prelude{simple: b.String(), statements: n}
+	p := &prelude{simple: simple, statements: n, sessionSet: session}
+	var r strings.Builder
+	r.WriteString("RESET ROLE;")
+	for _, s := range id.Settings {
+		r.WriteString("RESET ")
+		_ = writeSettingName(&r, s.Name)
+		r.WriteByte(';')
+	}
+	p.sessionReset = r.String()
 
 	p.stmtName = "pgtoken_prelude_" + strconv.Itoa(n)
 	var q strings.Builder
@@ -88,6 +96,26 @@ func newPrelude(id *authn.Identity) (*prelude, error) {
 	p.executeNamed = appendExecute(nil, preludePortal)
 	p.closeNamed = appendClosePortal(nil, preludePortal)
 	return p, nil
+}
+
+// setText renders the role and settings of id as SET statements starting
+// with verb ("SET LOCAL " or "SET ").
+func setText(id *authn.Identity, verb string) (string, error) {
+	var b strings.Builder
+	b.WriteString(verb)
+	b.WriteString("ROLE ")
+	writeLiteral(&b, id.Role)
+	b.WriteByte(';')
+	for _, s := range id.Settings {
+		b.WriteString(verb)
+		if err := writeSettingName(&b, s.Name); err != nil {
+			return "", err
+		}
+		b.WriteString(" TO ")
+		writeLiteral(&b, s.Value)
+		b.WriteByte(';')
+	}
+	return b.String(), nil
 }
 
 // writeLiteral writes s as an escape-string constant that holds only ASCII:

@@ -8,17 +8,22 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/pgtoken/pgtoken/authn"
 	"github.com/pgtoken/pgtoken/session/pool"
 	"github.com/pgtoken/pgtoken/session/sqlscan"
+	"github.com/pgtoken/pgtoken/wire"
 )
 
 // Mode is the pooling mode.
@@ -68,6 +73,28 @@ type Config struct {
 	ConnectTimeout         time.Duration
 	StatementCache         int // prepared statements kept per server connection
 
+	// AuthFailuresBeforeBackoff failed token checks from one client IP
+	// within AuthBackoff make its logins refused for AuthBackoff (0: off;
+	// backoff.go). PrivilegedRoles may be named by a token even though they
+	// are superusers, bypass RLS or are the upstream login (roles.go).
+	AuthFailuresBeforeBackoff int
+	AuthBackoff               time.Duration
+	PrivilegedRoles           []string
+
+	// Observer hears about logins, refusals, pool waits and transactions
+	// (for metrics); nil means NopObserver.
+	Observer Observer
+	// AdminRoles may use the admin console (database "pgtoken"); none
+	// disables it. Admin answers the console's SHOW CONFIG and RELOAD.
+	AdminRoles []string
+	Admin      AdminBackend
+	// PeerID (0 to MaxPeerID) goes into the high bits of the process id of
+	// every cancel key pgtoken issues; Peers maps the other peers' ids to
+	// the addresses their clients connect to, where a CancelRequest for one
+	// of their clients is forwarded.
+	PeerID int
+	Peers  map[int]string
+
 	Logger *zap.Logger
 }
 
@@ -75,19 +102,61 @@ type Config struct {
 type Server struct {
 	cfg Config
 	log *zap.Logger
+	obs Observer
 
-	poolsMu sync.Mutex
-	pools   map[string]*pool.Pool
+	// Swapped at run time by a reload; sessions already logged in keep
+	// the identity they got.
+	verifier atomic.Pointer[verifierBox]
+	admins   atomic.Pointer[map[string]bool]
+	peers    atomic.Pointer[map[int]string]
 
-	sessMu   sync.RWMutex
-	sessions map[uint32]*Session
-	nextID   atomic.Uint32
+	poolsMu   sync.Mutex
+	pools     map[string]*pool.Pool
+	pausedAll bool // PAUSE without a database: pools made later start paused
 
-	clients atomic.Int64
-	wg      sync.WaitGroup
-	ctx     context.Context
-	stop    context.CancelFunc
+	sessMu  sync.RWMutex
+	clients map[uint32]*client // logged-in sessions and consoles by id
+	logins  map[uint32]net.Conn
+	nextID  atomic.Uint32
+
+	conns    atomic.Int64 // accepted connections, logging in or not
+	backoff  authBackoff  // failed logins per client address (backoff.go)
+	roles    roleState    // upstream role attributes per pool (roles.go)
+	draining atomic.Bool  // Shutdown or Close began: no new sessions or transactions
+
+	lnMu      sync.Mutex
+	listeners map[net.Listener]struct{}
+
+	wg   sync.WaitGroup
+	ctx  context.Context
+	stop context.CancelFunc
 }
+
+// client is one registry entry: a proxied session or an admin console.
+type client struct {
+	sess    *Session
+	con     *console
+	appName string
+	tls     bool
+	// terminated: a FATAL was sent and the socket closed; the client's
+	// goroutine is on its way out.
+	terminated bool
+}
+
+type verifierBox struct{ v Verifier }
+
+// Cancel keys: pgtoken issues BackendKeyData process ids of the form
+//
+//	bit 31: 0 (clients treat the id as a signed int)
+//	bits 28-30: the peer id of the pgtoken that issued it
+//	bit 27: set only on a CancelRequest forwarded by a peer
+//	bits 0-26: a per-process counter
+const (
+	peerShift    = 28
+	MaxPeerID    = 7 // the largest peer id
+	forwardedBit = 1 << 27
+	counterMask  = forwardedBit - 1
+)
 
 // NewServer checks cfg and returns a Server.
 func NewServer(cfg Config) (*Server, error) {
@@ -106,6 +175,9 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.PoolSize <= 0 {
 		return nil, fmt.Errorf("pool size must be positive, got %d", cfg.PoolSize)
 	}
+	if cfg.PeerID < 0 || cfg.PeerID > MaxPeerID {
+		return nil, fmt.Errorf("peer id must be 0 to %d, got %d", MaxPeerID, cfg.PeerID)
+	}
 	if cfg.MaxStartupPacket == 0 {
 		cfg.MaxStartupPacket = 10000
 	}
@@ -119,32 +191,74 @@ func NewServer(cfg Config) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	obs := cfg.Observer
+	if obs == nil {
+		obs = NopObserver{}
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:      cfg,
-		log:      log,
-		pools:    map[string]*pool.Pool{},
-		sessions: map[uint32]*Session{},
-		ctx:      ctx,
-		stop:     stop,
+		cfg:       cfg,
+		log:       log,
+		obs:       obs,
+		pools:     map[string]*pool.Pool{},
+		clients:   map[uint32]*client{},
+		logins:    map[uint32]net.Conn{},
+		listeners: map[net.Listener]struct{}{},
+		ctx:       ctx,
+		stop:      stop,
 	}
+	s.SetVerifier(cfg.Verifier)
+	s.SetAdminRoles(cfg.AdminRoles)
+	s.SetPeers(cfg.Peers)
 	var seed [4]byte
 	_, _ = rand.Read(seed[:])
-	s.nextID.Store(binary.BigEndian.Uint32(seed[:]) &^ (1 << 31))
+	s.nextID.Store(binary.BigEndian.Uint32(seed[:]))
 	return s, nil
 }
 
-// Serve accepts clients on l until it is closed or Close is called.
+// SetVerifier makes v check the tokens of logins from now on.
+func (s *Server) SetVerifier(v Verifier) { s.verifier.Store(&verifierBox{v}) }
+
+// SetAdminRoles sets the roles that may use the admin console (database
+// pgtoken); none disables it.
+func (s *Server) SetAdminRoles(roles []string) {
+	m := make(map[string]bool, len(roles))
+	for _, r := range roles {
+		m[r] = true
+	}
+	s.admins.Store(&m)
+}
+
+// SetPeers sets the addresses of the other pgtoken peers by peer id.
+func (s *Server) SetPeers(peers map[int]string) {
+	m := maps.Clone(peers)
+	if m == nil {
+		m = map[int]string{}
+	}
+	s.peers.Store(&m)
+}
+
+// Serve accepts clients on l until it is closed, or Shutdown or Close is
+// called.
 func (s *Server) Serve(l net.Listener) error {
-	go func() {
-		<-s.ctx.Done()
+	s.lnMu.Lock()
+	if s.draining.Load() {
+		s.lnMu.Unlock()
 		_ = l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.lnMu.Unlock()
+	defer func() {
+		s.lnMu.Lock()
+		delete(s.listeners, l)
+		s.lnMu.Unlock()
 	}()
 	var delay time.Duration
 	for {
 		nc, err := l.Accept()
 		if err != nil {
-			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			if s.draining.Load() || s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			// Temporary failures (out of file descriptors): back off.
@@ -166,14 +280,104 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
-// Close stops accepting, ends every session and closes the pools.
-func (s *Server) Close() {
-	s.stop()
+// closeListeners stops accepting.
+func (s *Server) closeListeners() {
+	s.lnMu.Lock()
+	for l := range s.listeners {
+		_ = l.Close()
+	}
+	s.lnMu.Unlock()
+}
+
+// Shutdown stops accepting and lets clients finish: a client between
+// transactions is closed at once with FATAL 57P01; one inside a transaction
+// (or with answers in flight) when it gets there. When ctx ends first the
+// rest are closed the same way. Then the pools close. It returns ctx's
+// error if clients had to be cut off.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.closeListeners()
 	s.sessMu.RLock()
-	for _, sess := range s.sessions {
-		_ = sess.nc.Close()
+	for _, nc := range s.logins {
+		_ = nc.Close() // not logged in yet: nothing to finish
 	}
 	s.sessMu.RUnlock()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for s.closeIdle() > 0 || s.conns.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+			s.log.Warn("shutdown timeout: closing the clients still in a transaction")
+		case <-tick.C:
+			continue
+		}
+		break
+	}
+	s.Close()
+	return err
+}
+
+// closeIdle terminates every client between transactions and consoles,
+// and reports how many clients remain.
+func (s *Server) closeIdle() int {
+	s.sessMu.RLock()
+	var idle []*client
+	n := 0
+	for _, c := range s.clients {
+		if c.terminated {
+			n++
+			continue
+		}
+		if c.con != nil || c.sess.betweenTransactions() {
+			idle = append(idle, c)
+		}
+		n++
+	}
+	s.sessMu.RUnlock()
+	for _, c := range idle {
+		s.terminate(c, "terminating connection due to administrator command")
+	}
+	return n
+}
+
+// betweenTransactions reports whether the session holds no transaction and
+// has nothing in flight, so closing it loses nothing.
+func (sess *Session) betweenTransactions() bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.conn == nil {
+		return true
+	}
+	return sess.srv.cfg.Mode == ModeSession && sess.status == 'I' && sess.pending == 0 &&
+		!sess.midBatch && !sess.writing && !sess.maint && sess.cancelling == 0
+}
+
+// Close stops accepting, closes every client at once with FATAL 57P01,
+// and closes the pools.
+func (s *Server) Close() {
+	s.draining.Store(true)
+	s.closeListeners()
+	s.sessMu.RLock()
+	all := make([]*client, 0, len(s.clients))
+	for _, c := range s.clients {
+		all = append(all, c)
+	}
+	for _, nc := range s.logins {
+		_ = nc.Close()
+	}
+	s.sessMu.RUnlock()
+	var wg sync.WaitGroup
+	for _, c := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.terminate(c, "terminating connection due to administrator command")
+		}()
+	}
+	wg.Wait()
+	s.stop()
 	s.wg.Wait()
 	s.poolsMu.Lock()
 	pools := make([]*pool.Pool, 0, len(s.pools))
@@ -185,6 +389,52 @@ func (s *Server) Close() {
 	for _, p := range pools {
 		p.Wait()
 	}
+}
+
+// Kill closes the client with this id (as SHOW CLIENTS lists it) with
+// FATAL 57P01; false if there is none.
+func (s *Server) Kill(id uint32) bool {
+	s.sessMu.RLock()
+	c := s.clients[id]
+	s.sessMu.RUnlock()
+	if c == nil {
+		return false
+	}
+	s.terminate(c, "terminating connection due to administrator command")
+	return true
+}
+
+// terminate sends a client FATAL 57P01 after whatever it has been sent
+// whole, and closes its socket; its goroutine then ends the session
+// (dropping or cleaning its server connection as after any disconnect).
+func (s *Server) terminate(c *client, msg string) {
+	s.sessMu.Lock()
+	if c.terminated {
+		s.sessMu.Unlock()
+		return
+	}
+	c.terminated = true
+	s.sessMu.Unlock()
+	e := wire.Fatalf(wire.CodeAdminShutdown, "%s", msg)
+	if c.con != nil {
+		c.con.terminate(e)
+		return
+	}
+	sess := c.sess
+	// A client that does not read must not hold this up.
+	_ = sess.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	sess.mu.Lock()
+	sess.appendMsg(wire.ToResponse(e))
+	sess.mu.Unlock()
+	_ = sess.flushClient()
+	_ = sess.nc.Close()
+	sess.log.Info("client terminated", zap.String("reason", msg))
+}
+
+// errShuttingDown is what a client that wants a new transaction hears once
+// shutdown began (wrapped, so acquireError and loginConnectError pass it on).
+func errShuttingDown() error {
+	return fmt.Errorf("%w", wire.Fatalf(wire.CodeAdminShutdown, "terminating connection due to administrator command"))
 }
 
 // poolFor returns the pool of a client database name, creating it on first
@@ -218,58 +468,231 @@ func (s *Server) poolFor(db string) (*pool.Pool, error) {
 		ConnectTimeout: s.cfg.ConnectTimeout,
 		StatementCache: s.cfg.StatementCache,
 		Logger:         s.log,
+		AfterConnect:   s.readRoles(db), // roles.go
 	})
 	if err != nil {
 		return nil, err
+	}
+	if s.pausedAll {
+		p.Hold()
 	}
 	s.pools[db] = p
 	return p, nil
 }
 
-// acquire takes a server connection for a session.
-func (s *Server) acquire(ctx context.Context, p *pool.Pool) (*pool.Conn, error) {
-	return p.Acquire(ctx)
+// sizeFor is the pool size of a client database name (under poolsMu).
+func (s *Server) sizeFor(db string) int {
+	if d, ok := s.cfg.Databases[db]; ok && d.PoolSize > 0 {
+		return d.PoolSize
+	}
+	return s.cfg.PoolSize
 }
 
-// release gives a clean, idle server connection back.
+// Resize sets the default pool size and the sizes of mapped databases (0:
+// the default), for the pools there are and those made later. A smaller
+// pool closes idle server connections beyond its size now and busy ones
+// when their transaction ends.
+func (s *Server) Resize(defaultSize int, perDB map[string]int) {
+	s.poolsMu.Lock()
+	defer s.poolsMu.Unlock()
+	if defaultSize > 0 {
+		s.cfg.PoolSize = defaultSize
+	}
+	dbs := maps.Clone(s.cfg.Databases)
+	for name, n := range perDB {
+		if d, ok := dbs[name]; ok {
+			d.PoolSize = n
+			dbs[name] = d
+		}
+	}
+	s.cfg.Databases = dbs
+	for name, p := range s.pools {
+		p.Resize(s.sizeFor(name))
+	}
+}
+
+// Pause stops handing out server connections of one database (all, when db
+// is ""), waits until those in use are released, and closes them.
+func (s *Server) Pause(ctx context.Context, db string) error {
+	pools, err := s.poolsNamed(db, true)
+	if err != nil {
+		return err
+	}
+	for _, p := range pools {
+		p.Hold()
+	}
+	for _, p := range pools {
+		if err := p.Pause(ctx); err != nil {
+			return fmt.Errorf("pause %s: %w", p.Name(), err)
+		}
+	}
+	return nil
+}
+
+// Resume ends a Pause of one database (all, when db is "").
+func (s *Server) Resume(db string) error {
+	pools, err := s.poolsNamed(db, false)
+	if err != nil {
+		return err
+	}
+	for _, p := range pools {
+		p.Resume()
+	}
+	return nil
+}
+
+// poolsNamed returns the pool of db, or all pools when db is "" (and
+// marks pools made later as paused or not).
+func (s *Server) poolsNamed(db string, pause bool) ([]*pool.Pool, error) {
+	if db != "" {
+		s.poolsMu.Lock()
+		p, ok := s.pools[db]
+		_, mapped := s.cfg.Databases[db]
+		s.poolsMu.Unlock()
+		if !ok && mapped {
+			var err error
+			if p, err = s.poolFor(db); err != nil {
+				return nil, err
+			}
+			ok = true
+		}
+		if !ok {
+			return nil, wire.Errorf(codeUndefinedObject, "no pool for database %q (no client has used it)", db)
+		}
+		return []*pool.Pool{p}, nil
+	}
+	s.poolsMu.Lock()
+	defer s.poolsMu.Unlock()
+	s.pausedAll = pause
+	out := make([]*pool.Pool, 0, len(s.pools))
+	for _, p := range s.pools {
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// acquire takes a server connection for a session.
+func (s *Server) acquire(ctx context.Context, p *pool.Pool) (*pool.Conn, error) {
+	if s.draining.Load() {
+		return nil, errShuttingDown()
+	}
+	c, waited, err := p.AcquireWait(ctx)
+	s.obs.PoolWait(waited)
+	return c, err
+}
+
+// release gives a clean, idle server connection back. In transaction mode
+// that ends a transaction: it is counted for metrics and SHOW STATS.
 func (s *Server) release(p *pool.Pool, c *pool.Conn) {
+	if s.cfg.Mode == ModeTransaction {
+		d := c.HeldFor()
+		p.NoteTransaction(d)
+		s.obs.TransactionDone(d)
+	}
 	p.Release(c)
 }
 
-// register gives a session its id and cancel key.
-func (s *Server) register(sess *Session) {
+// newID returns a process id for a new connection: this peer's id in the
+// high bits, a counter below.
+func (s *Server) newID() uint32 {
+	for {
+		if n := s.nextID.Add(1) & counterMask; n != 0 {
+			return uint32(s.cfg.PeerID)<<peerShift | n
+		}
+	}
+}
+
+// register gives a session its cancel key and enters it in the registry
+// under its id (a new id if that one is somehow taken).
+func (s *Server) register(sess *Session, c *client) {
 	var key [4]byte
 	_, _ = rand.Read(key[:])
 	sess.key = key[:]
+	c.sess = sess
 	s.sessMu.Lock()
-	for {
-		id := s.nextID.Add(1) &^ (1 << 31)
-		if _, taken := s.sessions[id]; !taken && id != 0 {
-			sess.id = id
-			break
-		}
+	for sess.id == 0 || s.clients[sess.id] != nil {
+		sess.id = s.newID()
 	}
-	s.sessions[sess.id] = sess
+	s.clients[sess.id] = c
 	s.sessMu.Unlock()
 }
 
-func (s *Server) unregister(sess *Session) {
+func (s *Server) unregister(id uint32, c *client) {
 	s.sessMu.Lock()
-	delete(s.sessions, sess.id)
+	if s.clients[id] == c {
+		delete(s.clients, id)
+	}
 	s.sessMu.Unlock()
 }
 
-// cancel forwards a CancelRequest to the server connection that runs the
-// session's statement, if any.
+// cancel handles a CancelRequest: one for a client of another peer goes to
+// that peer; one for a session here goes to the server connection that
+// runs its statement; one for a console cancels its running command.
 func (s *Server) cancel(pid uint32, key []byte) {
-	s.sessMu.RLock()
-	sess := s.sessions[pid]
-	s.sessMu.RUnlock()
-	if sess == nil || subtle.ConstantTimeCompare(sess.key, key) != 1 {
-		s.log.Debug("cancel request for an unknown session", zap.Uint32("pid", pid))
+	if peer := int(pid>>peerShift) & MaxPeerID; peer != s.cfg.PeerID {
+		s.forwardCancel(peer, pid, key)
 		return
 	}
-	sess.cancel()
+	pid &^= forwardedBit
+	s.sessMu.RLock()
+	c := s.clients[pid]
+	s.sessMu.RUnlock()
+	var want []byte
+	if c != nil && c.con != nil {
+		want = c.con.key
+	} else if c != nil {
+		want = c.sess.key
+	}
+	if c == nil || subtle.ConstantTimeCompare(want, key) != 1 {
+		if ce := s.log.Check(zap.DebugLevel, "cancel request for an unknown session"); ce != nil {
+			ce.Write(zap.Uint32("pid", pid))
+		}
+		return
+	}
+	if c.con != nil {
+		c.con.cancelCommand()
+		return
+	}
+	c.sess.cancel()
+}
+
+// forwardCancel sends a CancelRequest on to the peer that issued the
+// process id, marked as forwarded so that it is never passed on again.
+func (s *Server) forwardCancel(peer int, pid uint32, key []byte) {
+	log := s.log.With(zap.Int("peer", peer), zap.Uint32("pid", pid&^forwardedBit))
+	if pid&forwardedBit != 0 {
+		log.Warn("cancel request forwarded by a peer names another peer: check the peers setting of every pgtoken")
+		return
+	}
+	addr := (*s.peers.Load())[peer]
+	if addr == "" {
+		if ce := log.Check(zap.DebugLevel, "cancel request for an unknown peer"); ce != nil {
+			ce.Write()
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		log.Warn("forwarding a cancel request to a peer failed", zap.String("addr", addr), zap.Error(err))
+		return
+	}
+	defer nc.Close()
+	dl, _ := ctx.Deadline()
+	_ = nc.SetDeadline(dl)
+	msg := pgproto3.CancelRequest{ProcessID: pid | forwardedBit, SecretKey: key}
+	b, err := msg.Encode(nil)
+	if err == nil {
+		_, err = nc.Write(b)
+	}
+	if err != nil {
+		log.Warn("forwarding a cancel request to a peer failed", zap.String("addr", addr), zap.Error(err))
+		return
+	}
+	var one [1]byte
+	_, _ = nc.Read(one[:]) // the peer closes the socket once it has acted
 }
 
 // cancel asks the server to cancel the session's running statement. The
@@ -296,4 +719,123 @@ func (sess *Session) cancel() {
 		sess.maybeRelease()
 	}
 	sess.mu.Unlock()
+}
+
+// PoolInfo describes one pool, for metrics and the admin console.
+type PoolInfo struct {
+	Database string
+	User     string // the upstream user
+	Mode     Mode
+	Clients  int // logged-in clients of this database
+	pool.Stats
+}
+
+// Stats is a snapshot of the server for metrics.
+type Stats struct {
+	Connections int // accepted client connections, logging in or logged in
+	Sessions    int // logged-in clients (consoles aside)
+	Consoles    int // admin console clients
+	Pools       []PoolInfo
+}
+
+// Stats reports clients and pools.
+func (s *Server) Stats() Stats {
+	st := Stats{Connections: int(s.conns.Load())}
+	perDB := map[string]int{}
+	s.sessMu.RLock()
+	for _, c := range s.clients {
+		if c.con != nil {
+			st.Consoles++
+			continue
+		}
+		st.Sessions++
+		perDB[c.sess.db]++
+	}
+	s.sessMu.RUnlock()
+	s.poolsMu.Lock()
+	for name, p := range s.pools {
+		st.Pools = append(st.Pools, PoolInfo{Database: name, User: p.User(), Mode: s.cfg.Mode, Clients: perDB[name], Stats: p.Stats()})
+	}
+	s.poolsMu.Unlock()
+	slices.SortFunc(st.Pools, func(a, b PoolInfo) int { return strings.Compare(a.Database, b.Database) })
+	return st
+}
+
+// Draining reports whether Shutdown or Close has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Observer hears about events worth counting. Its methods are called on
+// the hot path, so they must be cheap, never block and be safe for
+// concurrent use; NopObserver is the default.
+type Observer interface {
+	// LoginSucceeded: a client logged in (a console too).
+	LoginSucceeded()
+	// AuthFailed: a login was refused; reason is one of AuthFailureReasons.
+	AuthFailed(reason string)
+	// GuardRejected: a statement was refused (guard or pooling mode).
+	GuardRejected()
+	// PoolWait: a client waited d for a server connection (zero when one
+	// was idle).
+	PoolWait(d time.Duration)
+	// TransactionDone: a transaction held its server connection for d
+	// (transaction mode).
+	TransactionDone(d time.Duration)
+}
+
+// NopObserver ignores every event.
+type NopObserver struct{}
+
+func (NopObserver) LoginSucceeded()               {}
+func (NopObserver) AuthFailed(string)             {}
+func (NopObserver) GuardRejected()                {}
+func (NopObserver) PoolWait(time.Duration)        {}
+func (NopObserver) TransactionDone(time.Duration) {}
+
+// Reasons a login is refused, as reported to Observer.AuthFailed.
+const (
+	AuthMalformed    = "malformed"
+	AuthBadSignature = "bad_signature"
+	AuthUnknownKID   = "unknown_kid"
+	AuthAlgorithm    = "algorithm"
+	AuthExpired      = "expired"
+	AuthNotYetValid  = "not_yet_valid"
+	AuthIssuer       = "issuer"
+	AuthAudience     = "audience"
+	AuthRole         = "role"
+	AuthNoRole       = "no_role"
+	AuthTLSRequired  = "tls_required"
+	AuthNotAdmin     = "not_admin"
+	AuthInBackoff    = "backoff" // refused unchecked: too many failures from the address
+	AuthOther        = "other"
+)
+
+// AuthFailureReasons lists every reason AuthFailed may be given.
+var AuthFailureReasons = []string{AuthMalformed, AuthBadSignature, AuthUnknownKID, AuthAlgorithm, AuthExpired,
+	AuthNotYetValid, AuthIssuer, AuthAudience, AuthRole, AuthNoRole, AuthTLSRequired, AuthNotAdmin, AuthInBackoff, AuthOther}
+
+// authReason maps a verifier's refusal to its metric label.
+func authReason(r authn.Reason) string {
+	switch r {
+	case authn.ReasonMalformed:
+		return AuthMalformed
+	case authn.ReasonBadSignature:
+		return AuthBadSignature
+	case authn.ReasonUnknownKID:
+		return AuthUnknownKID
+	case authn.ReasonAlgorithm:
+		return AuthAlgorithm
+	case authn.ReasonExpired:
+		return AuthExpired
+	case authn.ReasonNotYetValid:
+		return AuthNotYetValid
+	case authn.ReasonIssuer:
+		return AuthIssuer
+	case authn.ReasonAudience:
+		return AuthAudience
+	case authn.ReasonRole:
+		return AuthRole
+	case authn.ReasonNoRole:
+		return AuthNoRole
+	}
+	return AuthOther
 }

@@ -62,11 +62,13 @@ type Session struct {
 	cancelling int  // cancel requests in flight for conn
 	capture    bool // a session-level SET ran: read settings back before release
 	custom     map[string]bool
-	ended      bool // the client is gone
-	reset      bool // session mode: the conn was reset for the next client
-	txLost     bool // the conn broke while the client was inside a transaction
-	cmpl       int  // statement completions seen in the head uQuery unit
-	errored    bool // the head unit's batch failed
+	ended      bool      // the client is gone
+	reset      bool      // session mode: the conn was reset for the next client
+	txLost     bool      // the conn broke while the client was inside a transaction
+	hold       bool      // the conn carries session-level identity: never release it now
+	idleSince  time.Time // when the last answer left nothing in flight
+	cmpl       int       // statement completions seen in the head uQuery unit
+	errored    bool      // the head unit's batch failed
 
 	out       []byte // client output, guarded by mu
 	spare     []byte
@@ -74,6 +76,7 @@ type Session struct {
 	clientErr error      // first write error to the client (guarded by flushMu)
 
 	// Client goroutine only.
+	lastActive        time.Time              // when the client's last batch was read (idle_transaction_timeout)
 	wconn             *pool.Conn             // conn the client goroutine has written to in this batch
 	predicted         byte                   // transaction status expected once everything sent is answered
 	preludePending    bool                   // the current batch still needs the extended prelude

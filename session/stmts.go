@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/pgtoken/pgtoken/session/pool"
 	"github.com/pgtoken/pgtoken/session/sqlscan"
 	"github.com/pgtoken/pgtoken/wire"
@@ -31,6 +33,12 @@ type clientStmt struct {
 	// unconfirmed is set while the Parse that created it is unanswered
 	// (under the session mutex).
 	unconfirmed bool
+	// deferred is set for a Parse pgtoken answered without the server (it
+	// came outside a transaction while every server connection was busy):
+	// the server parses it at first use, and if that fails the name is
+	// free again.
+	deferred bool
+	name     string // the client's name for it
 }
 
 // serverStmtName derives pgtoken's name for a statement from what makes it
@@ -89,7 +97,13 @@ func (s *Session) ensureStmt(c *pool.Conn, st *clientStmt) *wire.Error {
 	s.q.push(unit{kind: uParse, own: ownPrelude, done: func(err *wire.Error) {
 		if err != nil {
 			c.Stmts.Remove(name)
+			// A lost connection says nothing about the statement.
+			if st.deferred && s.stmts[st.name] == st && err != errSkipped && err.Code != wire.CodeConnectionFailure {
+				delete(s.stmts, st.name)
+			}
+			return
 		}
+		st.deferred = false // the server took it: from now on it exists as on Postgres
 	}})
 	s.evict(c, c.Stmts.Add(name, s.batchGen))
 	return nil
@@ -443,4 +457,85 @@ func skipTrivia(sql string, i int) int {
 		}
 	}
 	return i
+}
+
+// outsideTransaction runs a statement that Postgres refuses inside a
+// transaction block (VACUUM, CREATE INDEX CONCURRENTLY, CREATE DATABASE, ...)
+// and that came as a Query of its own outside a transaction: the role and
+// claims are set for the session first, and only once that succeeded does
+// the statement go, followed by a reset in the same write. The connection is
+// held until the reset is answered (a failed reset drops it), so no other
+// client ever gets it with this client's identity. Called with mu held; the
+// claim is the client goroutine's.
+func (s *Session) outsideTransaction(c *pool.Conn, frame []byte) error {
+	s.hold = true
+	var failed *wire.Error
+	beginQuery(c)
+	at := c.W.Begin('Q')
+	c.W.AppendCString(s.pre.sessionSet)
+	c.W.End(at)
+	s.q.push(unit{kind: uQuery, own: ownPrelude, done: func(err *wire.Error) { failed = err }})
+	s.pending++
+	s.mu.Unlock()
+	s.waitQuiet()
+
+	s.mu.Lock()
+	if s.conn != c {
+		s.hold = false
+		if failed == nil {
+			// It broke after the identity was set: nothing of the
+			// client's was queued, so nobody told it.
+			s.sendError(wire.Errorf(wire.CodeConnectionFailure, "pgtoken: the server connection was lost; the statement did not run"))
+			rfq := wire.ReadyForQuery('I')
+			s.out = append(s.out, rfq[:]...)
+		}
+		s.mu.Unlock()
+		return nil // the connection broke; the client has its error
+	}
+	if failed != nil {
+		// The client has the error; nothing of its statement ran.
+		s.hold = false
+		rfq := wire.ReadyForQuery(s.status)
+		s.out = append(s.out, rfq[:]...)
+		s.maybeRelease()
+		s.mu.Unlock()
+		return nil
+	}
+	s.writing, s.wconn = true, c
+	beginQuery(c)
+	if _, err := c.W.Write(frame); err != nil && toServer(c, err) != nil {
+		s.hold = false
+		s.mu.Unlock()
+		return err
+	}
+	s.q.push(unit{kind: uQuery})
+	s.pending++
+	s.unnamedStmt = nil
+	s.maintQuery(c, s.pre.sessionReset, nil, func(err *wire.Error) {
+		if err != nil {
+			s.log.Warn("resetting the session identity failed; dropping the server connection", zap.String("message", err.Message))
+			s.detach(c)
+			s.pool.Discard(c)
+		}
+	})
+	s.hold = false
+	s.predicted = 'I'
+	s.mu.Unlock()
+	return nil
+}
+
+// deferParse answers a named Parse without the server: it came outside any
+// transaction while no server connection is free. Taking one would make a
+// client that prepares synchronously (pgbench -M prepared, PQprepare) wait
+// for connections that its own other sessions hold inside transactions.
+// The statement is parsed on the server at its first use (ensureStmt).
+func (s *Session) deferParse(name string, st *clientStmt) error {
+	st.deferred, st.name = true, name
+	s.mu.Lock()
+	if s.stmts == nil {
+		s.stmts = map[string]*clientStmt{}
+	}
+	s.stmts[name] = st
+	s.mu.Unlock()
+	return s.localAnswer(wire.MsgParseComplete, false)
 }

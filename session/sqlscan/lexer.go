@@ -46,11 +46,6 @@ func (t token) isString() bool {
 	return false
 }
 
-// isLiteral reports whether t is any quoted constant, bit strings included.
-func (t token) isLiteral() bool {
-	return t.isString() || t.kind == tBString || t.kind == tXString
-}
-
 // isName reports whether t can be (part of) a name: an identifier, quoted or not.
 func (t token) isName() bool {
 	return t.kind == tIdent || t.kind == tQIdent || t.kind == tUIdent
