@@ -6,6 +6,9 @@
 //	pgtoken keygen --alg EdDSA       print a JWKS holding a new private key
 //	pgtoken mint --key FILE --claims JSON --ttl 1h
 //	pgtoken version
+//
+// serve reloads its configuration on SIGHUP, drains on SIGTERM (up to
+// shutdown_timeout) and stops at once on SIGINT.
 package main
 
 import (
@@ -22,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pgtoken/pgtoken/authn"
@@ -74,7 +78,8 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: pgtoken <command> [flags]
 
 commands:
-  serve   --config FILE   run the proxy (flags override PGTOKEN_* variables, which override the file)
+  serve   --config FILE   run the proxy (flags override PGTOKEN_* variables, which override the file);
+                          SIGHUP reloads, SIGTERM drains (shutdown_timeout), SIGINT stops at once
   check   --config FILE   validate the configuration and print it with secrets redacted
   keygen  --alg ALG       print a JWKS with a new private key (EdDSA, ES256, RS256, HS256)
   mint    --key FILE --claims JSON [--ttl 1h]   print a signed token
@@ -85,21 +90,14 @@ commands:
 // configFlags are the common settings also available as flags.
 type configFlags struct {
 	path string
-	set  map[string]*string
+	set  map[string]*string // flag name → value
 }
 
 func addConfigFlags(fs *flag.FlagSet) *configFlags {
 	cf := &configFlags{set: map[string]*string{}}
 	fs.StringVar(&cf.path, "config", "", "YAML configuration file")
-	for flagName, path := range map[string]string{
-		"listen":    "listen",
-		"upstream":  "upstream",
-		"log-level": "log_level",
-		"pool-mode": "pool.mode",
-		"pool-size": "pool.size",
-		"metrics":   "metrics_listen",
-	} {
-		cf.set[path] = fs.String(flagName, "", "sets "+path)
+	for _, f := range config.Flags() {
+		cf.set[f.Name] = fs.String(f.Name, "", "sets "+f.Path)
 	}
 	return cf
 }
@@ -112,28 +110,14 @@ func (cf *configFlags) load(fs *flag.FlagSet) (config.Config, error) {
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	for path, v := range cf.set {
-		if flagName := flagFor(path); given[flagName] {
-			if err := config.Set(&cfg, path, *v); err != nil {
-				return cfg, err
+	for _, f := range config.Flags() {
+		if given[f.Name] {
+			if err := config.Set(&cfg, f.Path, *cf.set[f.Name]); err != nil {
+				return cfg, fmt.Errorf("--%s: %w", f.Name, err)
 			}
 		}
 	}
 	return cfg, nil
-}
-
-func flagFor(path string) string {
-	switch path {
-	case "log_level":
-		return "log-level"
-	case "pool.mode":
-		return "pool-mode"
-	case "pool.size":
-		return "pool-size"
-	case "metrics_listen":
-		return "metrics"
-	}
-	return path
 }
 
 func serve(args []string, stderr io.Writer) error {
@@ -164,20 +148,68 @@ func serve(args []string, stderr io.Writer) error {
 			_ = f.Close()
 		}()
 	}
-	log, err := app.NewLogger(cfg.LogLevel, cfg.LogFormat)
+	log, level, err := app.NewLoggerLevel(cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	a, err := app.Start(ctx, cfg, log)
+	if soft, hard, err := raiseFileLimit(); err != nil { // rlimit.go
+		log.Warn("could not raise the open file limit", zap.Uint64("soft", soft), zap.Uint64("hard", hard), zap.Error(err))
+	} else if soft > 0 {
+		log.Info("open file limit", zap.Uint64("limit", soft))
+	}
+	// Signals are taken before the listener opens, so none is missed.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	a, err := app.StartWith(context.Background(), cfg, log, app.Options{
+		Version: version,
+		Level:   &level,
+		// A reload reads the file, the environment and the flags again.
+		Load: func() (config.Config, error) { return cf.load(fs) },
+	})
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
-	log.Info("shutting down")
-	return a.Close()
+	return runSignals(a, sigs, log)
+}
+
+// runSignals serves until a signal stops pgtoken: SIGHUP reloads the
+// configuration; SIGTERM drains (transactions in flight may finish within
+// shutdown_timeout); SIGINT, or a second SIGTERM, closes every client at
+// once.
+func runSignals(a *app.App, sigs <-chan os.Signal, log *zap.Logger) error {
+	var drained chan error
+	for {
+		select {
+		case err := <-drained:
+			log.Info("pgtoken stopped")
+			if errors.Is(err, context.DeadlineExceeded) {
+				return nil // clients cut off at shutdown_timeout: logged, not an error
+			}
+			return err
+		case sig := <-sigs:
+			switch {
+			case sig == syscall.SIGHUP:
+				log.Info("SIGHUP: reloading the configuration")
+				_ = a.ReloadFromSource() // a refusal is logged; the old configuration stays
+			case sig == syscall.SIGTERM && drained == nil:
+				timeout := a.ShutdownTimeout()
+				log.Info("SIGTERM: draining", zap.Duration("shutdown_timeout", timeout))
+				drained = make(chan error, 1)
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), timeout)
+					defer cancel()
+					drained <- a.Shutdown(ctx)
+				}()
+			default:
+				log.Info("stopping now: closing every client", zap.String("signal", sig.String()))
+				err := a.Close()
+				log.Info("pgtoken stopped")
+				return err
+			}
+		}
+	}
 }
 
 func check(args []string, stdout io.Writer) error {
@@ -205,8 +237,19 @@ func keygen(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
 	alg := fs.String("alg", "EdDSA", "EdDSA, ES256, RS256 or HS256")
 	public := fs.String("public", "", "also write the public-only JWKS to this file")
+	out := fs.String("out", "", "write the private JWKS to this file (mode 0600) instead of standard output")
+	keep := fs.Bool("keep", false, "with --out: do nothing if that file exists already (for init containers)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *keep && *out == "" {
+		return errors.New("keygen: --keep needs --out")
+	}
+	if *keep {
+		if _, err := os.Stat(*out); err == nil {
+			fmt.Fprintf(stdout, "keygen: %s exists; keeping it\n", *out)
+			return nil
+		}
 	}
 	priv, pub, err := authn.GenerateJWKS(*alg)
 	if err != nil {
@@ -216,6 +259,9 @@ func keygen(args []string, stdout io.Writer) error {
 		if err := os.WriteFile(*public, append(pub, '\n'), 0o644); err != nil {
 			return err
 		}
+	}
+	if *out != "" {
+		return os.WriteFile(*out, append(priv, '\n'), 0o600)
 	}
 	_, err = fmt.Fprintf(stdout, "%s\n", priv)
 	return err

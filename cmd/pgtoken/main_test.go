@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/pgtoken/pgtoken/authn"
 )
 
@@ -78,5 +80,92 @@ func TestUnknownCommand(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := run([]string{"frobnicate"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "unknown command") {
 		t.Fatalf("code %d: %s", code, errb.String())
+	}
+}
+
+func TestCheckFlagsOverEnvOverFile(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "pgtoken.yaml")
+	os.WriteFile(conf, []byte("upstream: postgres://a@h/db\npool: {size: 3}\nlog_level: warn\nshutdown_timeout: 7s\njwt: {secret: s, allowed_roles: [r]}\n"), 0o600)
+	t.Setenv("PGTOKEN_POOL_SIZE", "5")
+	t.Setenv("PGTOKEN_LOG_LEVEL", "debug")
+	t.Setenv("PGTOKEN_PEERS", "1=10.0.0.1:6432,2=10.0.0.2:6432")
+	t.Setenv("PGTOKEN_DATABASES_REPORTS_UPSTREAM", "postgres://r:pw@h/reports")
+	t.Setenv("PGTOKEN_DATABASES_REPORTS_POOL_SIZE", "4")
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "--config", conf, "--pool-size", "9", "--peer-id", "2"}, &out, &errb); code != 0 {
+		t.Fatalf("check: %d %s", code, errb.String())
+	}
+	for _, want := range []string{
+		"size: 9",              // flag over env over file
+		"log_level: debug",     // env over file
+		"shutdown_timeout: 7s", // file over default
+		"peer_id: 2",           // flag
+		"1: 10.0.0.1:6432",     // env, a map
+		"reports:",             // a mapped database from the environment
+		"pool_size: 4",         //
+		"r:REDACTED@h/reports", // its password redacted
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("effective config lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "pw@") {
+		t.Errorf("password printed:\n%s", out.String())
+	}
+	errb.Reset()
+	if code := run([]string{"check", "--config", conf, "--peer-id", "9"}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "peer_id") {
+		t.Fatalf("bad flag value: %d %s", code, errb.String())
+	}
+}
+
+func TestKeygenOutKeep(t *testing.T) {
+	dir := t.TempDir()
+	priv, pub := filepath.Join(dir, "private.jwks.json"), filepath.Join(dir, "jwks.json")
+	var out, errb bytes.Buffer
+	if code := run([]string{"keygen", "--out", priv, "--public", pub, "--keep"}, &out, &errb); code != 0 {
+		t.Fatalf("keygen: %d %s", code, errb.String())
+	}
+	first, _ := os.ReadFile(priv)
+	if fi, err := os.Stat(priv); err != nil || fi.Mode().Perm() != 0o600 || len(first) == 0 {
+		t.Fatalf("private key file: %v %v", fi, err)
+	}
+	if code := run([]string{"keygen", "--out", priv, "--public", pub, "--keep"}, &out, &errb); code != 0 {
+		t.Fatal(errb.String())
+	}
+	if again, _ := os.ReadFile(priv); !bytes.Equal(first, again) {
+		t.Fatal("--keep replaced an existing key")
+	}
+}
+
+// TestShippedConfigsAreValid checks the configurations in deploy/ pass
+// pgtoken check (the Kubernetes one with its Secret's variables set).
+func TestShippedConfigsAreValid(t *testing.T) {
+	root := filepath.Join("..", "..")
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "--config", filepath.Join(root, "deploy", "compose", "pgtoken.yaml")}, &out, &errb); code != 0 {
+		t.Fatalf("deploy/compose/pgtoken.yaml: %s", errb.String())
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "deploy", "kubernetes", "configmap.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	if err := yaml.Unmarshal(raw, &cm); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(t.TempDir(), "pgtoken.yaml")
+	if err := os.WriteFile(conf, []byte(cm.Data["pgtoken.yaml"]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PGTOKEN_UPSTREAM", "postgres://authenticator:pw@postgres.database.svc:5432/app?sslmode=verify-full")
+	t.Setenv("PGTOKEN_JWT_SECRET", "")
+	t.Setenv("PGTOKEN_PEER_ID", "1")
+	t.Setenv("PGTOKEN_PEERS", "0=pgtoken-0.pgtoken-peers:6432,1=pgtoken-1.pgtoken-peers:6432,2=pgtoken-2.pgtoken-peers:6432")
+	errb.Reset()
+	if code := run([]string{"check", "--config", conf}, &out, &errb); code != 0 {
+		t.Fatalf("deploy/kubernetes/configmap.yaml: %s", errb.String())
 	}
 }

@@ -1,7 +1,8 @@
 // Package app assembles a running pgtoken from a configuration: the token
-// verifier, the client TLS setup, the session server and its listener. The
-// serve command, make demo and the integration tests all start pgtoken
-// through it.
+// verifier, the client TLS setup, the session server and its listener, the
+// metrics and health endpoints. It reloads what can change at run time and
+// shuts down gracefully. The serve command, make demo and the integration
+// tests all start pgtoken through it.
 package app
 
 import (
@@ -10,37 +11,72 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pgtoken/pgtoken/authn"
 	"github.com/pgtoken/pgtoken/internal/config"
+	"github.com/pgtoken/pgtoken/internal/metrics"
 	"github.com/pgtoken/pgtoken/session"
 	"github.com/pgtoken/pgtoken/session/sqlscan"
 )
 
+// Options are the parts of a running pgtoken that do not come from the
+// configuration.
+type Options struct {
+	// Version is reported by the console's SHOW VERSION and by
+	// pgtoken_build_info.
+	Version string
+	// Level, when set, is the logger's level; a reload changes it.
+	Level *zap.AtomicLevel
+	// Load reads the configuration again for a reload (SIGHUP, the
+	// console's RELOAD). Without it a reload re-applies the configuration
+	// in use, which still re-reads keys and certificates.
+	Load func() (config.Config, error)
+}
+
 // App is a running pgtoken.
 type App struct {
-	Config   config.Config
-	Log      *zap.Logger
-	Server   *session.Server
-	Verifier *authn.Verifier
+	Log     *zap.Logger
+	Server  *session.Server
+	Metrics *metrics.Metrics
+
+	opts     Options
+	ctx      context.Context
+	cancel   context.CancelFunc
+	reloadMu sync.Mutex // one reload at a time
+	cfg      atomic.Pointer[config.Config]
+	verifier atomic.Pointer[authn.Verifier]
+	cert     atomic.Pointer[tls.Certificate]
 
 	listener net.Listener
-	cancel   context.CancelFunc
+	httpSrv  *http.Server
+	httpLn   net.Listener
 	done     chan error
 	once     sync.Once
+	closeErr error
 }
 
 // NewLogger builds the zap logger the configuration asks for.
 func NewLogger(level, format string) (*zap.Logger, error) {
+	log, _, err := NewLoggerLevel(level, format)
+	return log, err
+}
+
+// NewLoggerLevel is NewLogger that also returns the level, which a reload
+// can change (Options.Level).
+func NewLoggerLevel(level, format string) (*zap.Logger, zap.AtomicLevel, error) {
 	var lvl zapcore.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log_level: %w", err)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log_level: %w", err)
 	}
 	zc := zap.NewProductionConfig()
 	zc.Level = zap.NewAtomicLevelAt(lvl)
@@ -51,7 +87,11 @@ func NewLogger(level, format string) (*zap.Logger, error) {
 	}
 	zc.DisableStacktrace = true
 	zc.Sampling = nil
-	return zc.Build()
+	log, err := zc.Build()
+	if err != nil {
+		return nil, zap.AtomicLevel{}, err
+	}
+	return log, zc.Level, nil
 }
 
 // AuthnConfig maps the configuration onto the verifier's.
@@ -78,23 +118,54 @@ func AuthnConfig(c config.Config, log *zap.Logger) authn.Config {
 // Start validates cfg and starts serving on cfg.Listen (use port 0 for any
 // free port; Addr tells which).
 func Start(ctx context.Context, cfg config.Config, log *zap.Logger) (*App, error) {
+	return StartWith(ctx, cfg, log, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Options) (_ *App, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	v, err := authn.New(ctx, AuthnConfig(cfg, log))
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("jwt: %w", err)
+	if opts.Version == "" {
+		opts.Version = "dev"
 	}
-	tlsCfg, err := loadTLS(cfg.TLS)
+	ctx, cancel := context.WithCancel(ctx)
+	a := &App{Log: log, opts: opts, ctx: ctx, cancel: cancel, done: make(chan error, 1)}
+	a.Metrics = metrics.New(opts.Version)
+	a.cfg.Store(&cfg)
+	var cleanup []func()
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				cleanup[i]()
+			}
+			cancel()
+		}
+	}()
+
+	v, err := a.newVerifier(cfg)
 	if err != nil {
-		v.Close()
-		cancel()
 		return nil, err
+	}
+	a.verifier.Store(v)
+	cleanup = append(cleanup, func() { a.verifier.Load().Close() })
+
+	var tlsCfg *tls.Config
+	if cfg.TLS.Cert != "" {
+		cert, err := loadCert(cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		a.cert.Store(cert)
+		tlsCfg = &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			// Every handshake takes the certificate in use now, so a
+			// reload reaches new connections at once.
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return a.cert.Load(), nil },
+		}
 	}
 	dbs := map[string]session.Database{}
 	for name, d := range cfg.Databases {
@@ -122,25 +193,65 @@ func Start(ctx context.Context, cfg config.Config, log *zap.Logger) (*App, error
 		MaxPasswordBytes: cfg.Limits.MaxPassword,
 		MaxMessage:       cfg.Limits.MaxMessage,
 		MaxClientConn:    cfg.Limits.MaxClientConn,
+		Observer:         a.Metrics,
+		AdminRoles:       cfg.AdminRoles,
+		Admin:            backend{a},
+		PeerID:           cfg.PeerID,
+		Peers:            cfg.Peers,
 		Logger:           log,
+
+		AuthFailuresBeforeBackoff: cfg.Limits.AuthFailuresBeforeBackoff,
+		AuthBackoff:               cfg.Limits.AuthBackoff.D(),
+		PrivilegedRoles:           cfg.JWT.PrivilegedRoles,
 	})
 	if err != nil {
-		v.Close()
-		cancel()
 		return nil, err
 	}
-	l, err := net.Listen("tcp", cfg.Listen)
+	a.Server = srv
+	a.Metrics.Watch(metrics.Source{Stats: srv.Stats, KeyCount: func() int { return a.verifier.Load().KeyCount() }})
+
+	l, err := listen(ctx, cfg.Listen, cfg.ReusePort)
 	if err != nil {
-		v.Close()
-		cancel()
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	a := &App{Config: cfg, Log: log, Server: srv, Verifier: v, listener: l, cancel: cancel, done: make(chan error, 1)}
+	a.listener = l
+	cleanup = append(cleanup, func() { _ = l.Close() })
+	if cfg.MetricsListen != "" {
+		ml, err := listen(ctx, cfg.MetricsListen, cfg.ReusePort)
+		if err != nil {
+			return nil, fmt.Errorf("metrics_listen: %w", err)
+		}
+		a.httpLn = ml
+		a.httpSrv = &http.Server{
+			Handler:           a.Metrics.Handler(a.ready),
+			ReadHeaderTimeout: 5 * time.Second,
+			ErrorLog:          zap.NewStdLog(log),
+		}
+		go func() { _ = a.httpSrv.Serve(ml) }()
+		log.Info("metrics listening", zap.String("metrics_listen", ml.Addr().String()))
+	}
 	go func() { a.done <- srv.Serve(l) }()
 	log.Info("pgtoken listening", zap.String("listen", l.Addr().String()), zap.String("mode", cfg.Pool.Mode),
-		zap.String("upstream", config.RedactDSN(cfg.Upstream)))
+		zap.String("upstream", config.RedactDSN(cfg.Upstream)), zap.Int("peer_id", cfg.PeerID))
 	return a, nil
 }
+
+// newVerifier builds a token verifier for cfg, wired to the metrics.
+func (a *App) newVerifier(cfg config.Config) (*authn.Verifier, error) {
+	ac := AuthnConfig(cfg, a.Log)
+	ac.OnJWKSRefresh = a.Metrics.JWKSRefreshed
+	v, err := authn.New(a.ctx, ac)
+	if err != nil {
+		return nil, fmt.Errorf("jwt: %w", err)
+	}
+	return v, nil
+}
+
+// Config is the configuration in effect (after reloads).
+func (a *App) Config() config.Config { return *a.cfg.Load() }
+
+// Verifier is the token verifier in use.
+func (a *App) Verifier() *authn.Verifier { return a.verifier.Load() }
 
 // Addr is the address pgtoken listens on.
 func (a *App) Addr() string { return a.listener.Addr().String() }
@@ -148,23 +259,189 @@ func (a *App) Addr() string { return a.listener.Addr().String() }
 // Port is the TCP port pgtoken listens on.
 func (a *App) Port() int { return a.listener.Addr().(*net.TCPAddr).Port }
 
-// Close stops pgtoken: no new clients, every session ends, pools close.
-func (a *App) Close() error {
-	var err error
-	a.once.Do(func() {
-		a.Server.Close()
-		err = <-a.done
-		a.Verifier.Close()
-		a.cancel()
-	})
+// MetricsAddr is the address of /metrics, /healthz and /readyz ("" when
+// metrics_listen is not set).
+func (a *App) MetricsAddr() string {
+	if a.httpLn == nil {
+		return ""
+	}
+	return a.httpLn.Addr().String()
+}
+
+// ShutdownTimeout is how long Shutdown should let transactions run
+// (shutdown_timeout).
+func (a *App) ShutdownTimeout() time.Duration { return a.cfg.Load().ShutdownTimeout.D() }
+
+// Reload applies next: token verification (keys re-read, JWKS URLs,
+// allowed roles and the rest of jwt), admin roles, peers, pool sizes, the
+// TLS certificate and the log level, without dropping a connection. Other
+// changed settings are logged as needing a restart. An invalid next, or one
+// whose keys or certificate cannot be loaded, is refused and logged; the
+// configuration in use stays.
+func (a *App) Reload(next config.Config) error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	refuse := func(err error) error {
+		a.Log.Error("reload refused; the configuration in use stays", zap.Error(err))
+		return err
+	}
+	if err := next.Validate(); err != nil {
+		return refuse(err)
+	}
+	cur := *a.cfg.Load()
+	eff, applied, restart := config.Reload(cur, next)
+	if (cur.TLS.Cert == "") != (eff.TLS.Cert == "") {
+		eff.TLS.Cert, eff.TLS.Key = cur.TLS.Cert, cur.TLS.Key
+		restart = append(restart, "tls.cert")
+	}
+	if err := eff.Validate(); err != nil {
+		return refuse(err)
+	}
+	// Build what can fail before changing anything.
+	v, err := a.newVerifier(eff)
+	if err != nil {
+		return refuse(err)
+	}
+	var cert *tls.Certificate
+	if eff.TLS.Cert != "" {
+		if cert, err = loadCert(eff.TLS); err != nil {
+			v.Close()
+			return refuse(err)
+		}
+	}
+	var lvl zapcore.Level
+	if err := lvl.UnmarshalText([]byte(eff.LogLevel)); err != nil {
+		v.Close()
+		return refuse(fmt.Errorf("log_level: %w", err))
+	}
+
+	a.Server.SetVerifier(v)
+	a.verifier.Swap(v).Close() // logins verifying now finish with the old one
+	if cert != nil {
+		a.cert.Store(cert)
+	}
+	a.Server.SetAdminRoles(eff.AdminRoles)
+	a.Server.SetPrivilegedRoles(eff.JWT.PrivilegedRoles)
+	a.Server.SetPeers(eff.Peers)
+	sizes := map[string]int{}
+	for name, d := range eff.Databases {
+		sizes[name] = d.PoolSize
+	}
+	a.Server.Resize(eff.Pool.Size, sizes)
+	if a.opts.Level != nil {
+		a.opts.Level.SetLevel(lvl)
+	}
+	a.cfg.Store(&eff)
+	for _, key := range restart {
+		a.Log.Warn("setting changed but takes effect only after a restart; keeping the value in use", zap.String("key", key))
+	}
+	a.Log.Info("configuration reloaded", zap.Strings("changed", applied), zap.Int("keys", v.KeyCount()))
+	return nil
+}
+
+// ReloadFromSource reads the configuration again (Options.Load) and
+// applies it as Reload does.
+func (a *App) ReloadFromSource() error {
+	next := *a.cfg.Load()
+	if a.opts.Load != nil {
+		var err error
+		if next, err = a.opts.Load(); err != nil {
+			a.Log.Error("reload refused; the configuration in use stays", zap.Error(err))
+			return err
+		}
+	}
+	return a.Reload(next)
+}
+
+// Shutdown stops accepting and lets transactions in flight finish until
+// ctx ends (see session.Server.Shutdown), then closes everything. It
+// returns ctx's error if clients had to be cut off.
+func (a *App) Shutdown(ctx context.Context) error {
+	a.Log.Info("shutting down: waiting for transactions in flight")
+	err := a.Server.Shutdown(ctx)
+	if cerr := a.finish(); err == nil {
+		err = cerr
+	}
 	return err
 }
 
-// loadTLS reads the client-facing certificate, if configured.
-func loadTLS(t config.TLS) (*tls.Config, error) {
-	if t.Cert == "" {
-		return nil, nil
+// Close stops pgtoken at once: every client gets FATAL 57P01, pools close.
+func (a *App) Close() error {
+	a.Server.Close()
+	return a.finish()
+}
+
+// finish waits for the accept loop and stops the rest (once).
+func (a *App) finish() error {
+	a.once.Do(func() {
+		a.closeErr = <-a.done
+		if a.httpSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = a.httpSrv.Shutdown(ctx)
+			cancel()
+		}
+		a.verifier.Load().Close()
+		a.cancel()
+	})
+	return a.closeErr
+}
+
+// ready reports why pgtoken cannot serve clients, or nil: it is shutting
+// down, it has no key to verify tokens with, or no upstream answers. A
+// pool holding live server connections shows the upstream answers;
+// otherwise one login to an upstream is tried.
+func (a *App) ready(ctx context.Context) error {
+	if a.Server.Draining() {
+		return errors.New("shutting down")
 	}
+	if a.verifier.Load().KeyCount() == 0 {
+		return errors.New("no token verification key loaded")
+	}
+	for _, p := range a.Server.Stats().Pools {
+		if p.Active+p.Idle > 0 {
+			return nil
+		}
+	}
+	cfg := a.cfg.Load()
+	dsns := []string{cfg.Upstream}
+	for _, d := range cfg.Databases {
+		dsns = append(dsns, d.Upstream)
+	}
+	var first error
+	for _, dsn := range dsns {
+		err := probe(ctx, dsn)
+		if err == nil {
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// probe logs in to an upstream once. A server that answers that the
+// database does not exist still answers.
+func probe(ctx context.Context, dsn string) error {
+	pc, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return errors.New("upstream: invalid connection string")
+	}
+	pc.ConnectTimeout = 2 * time.Second
+	conn, err := pgconn.ConnectConfig(ctx, pc)
+	if err == nil {
+		_ = conn.Close(ctx)
+		return nil
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "3D000" {
+		return nil
+	}
+	return fmt.Errorf("upstream %s:%d does not answer", pc.Host, pc.Port)
+}
+
+// loadCert reads the client-facing certificate.
+func loadCert(t config.TLS) (*tls.Certificate, error) {
 	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -172,5 +449,30 @@ func loadTLS(t config.TLS) (*tls.Config, error) {
 		}
 		return nil, fmt.Errorf("tls.cert/tls.key: %s", strings.TrimPrefix(err.Error(), "tls: "))
 	}
-	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, nil
+	return &cert, nil
+}
+
+// listen opens a TCP listener, with SO_REUSEPORT when reusePort is set.
+func listen(ctx context.Context, addr string, reusePort bool) (net.Listener, error) {
+	var lc net.ListenConfig
+	if reusePort {
+		lc.Control = reusePortControl
+	}
+	return lc.Listen(ctx, "tcp", addr)
+}
+
+// backend answers the admin console's SHOW CONFIG, SHOW VERSION and RELOAD.
+type backend struct{ a *App }
+
+func (b backend) Version() string { return b.a.opts.Version }
+
+func (b backend) Reload() error { return b.a.ReloadFromSource() }
+
+func (b backend) ConfigRows() []session.ConfigRow {
+	settings := config.Settings(b.a.Config())
+	rows := make([]session.ConfigRow, len(settings))
+	for i, s := range settings {
+		rows[i] = session.ConfigRow{Key: s.Key, Value: s.Value, Default: s.Default, Changeable: s.Reload}
+	}
+	return rows
 }

@@ -10,6 +10,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,25 +21,33 @@ import (
 )
 
 // Config is the whole configuration file.
+//
+// A field tagged reload:"yes" takes effect on SIGHUP (or the console's
+// RELOAD) without a restart; pgtoken logs a change to any other.
 type Config struct {
-	Listen        string              `yaml:"listen" doc:"address clients connect to"`
-	Upstream      string              `yaml:"upstream" doc:"server connection string (any DSN pgconn accepts); the client's database name replaces its database" secret:"password"`
-	LogLevel      string              `yaml:"log_level" doc:"debug, info, warn or error"`
-	LogFormat     string              `yaml:"log_format" doc:"console or json"`
-	MetricsListen string              `yaml:"metrics_listen" doc:"host:port for /metrics, /healthz and /readyz; empty disables"`
-	Pool          Pool                `yaml:"pool"`
-	Databases     map[string]Database `yaml:"databases" doc:"client database name → its own upstream and pool size"`
-	JWT           JWT                 `yaml:"jwt"`
-	Claims        Claims              `yaml:"claims"`
-	TLS           TLS                 `yaml:"tls"`
-	Guard         Guard               `yaml:"guard"`
-	Limits        Limits              `yaml:"limits"`
+	Listen          string              `yaml:"listen" doc:"address clients connect to"`
+	ReusePort       bool                `yaml:"reuse_port" doc:"set SO_REUSEPORT on the listeners, so that several pgtoken processes can share the port (rolling restarts)"`
+	Upstream        string              `yaml:"upstream" doc:"server connection string (any DSN pgconn accepts); the client's database name replaces its database" secret:"password"`
+	LogLevel        string              `yaml:"log_level" doc:"debug, info, warn or error" reload:"yes"`
+	LogFormat       string              `yaml:"log_format" doc:"console or json"`
+	MetricsListen   string              `yaml:"metrics_listen" doc:"host:port for /metrics, /healthz and /readyz; empty disables"`
+	ShutdownTimeout Duration            `yaml:"shutdown_timeout" doc:"on SIGTERM, how long transactions in flight may take before their clients are closed" reload:"yes"`
+	AdminRoles      StringList          `yaml:"admin_roles" doc:"token roles that may use the admin console (database pgtoken); each must be in jwt.allowed_roles; empty disables the console" reload:"yes"`
+	Pool            Pool                `yaml:"pool"`
+	Databases       map[string]Database `yaml:"databases" doc:"client database name → its own upstream and pool size"`
+	PeerID          int                 `yaml:"peer_id" doc:"this pgtoken's id (0-7) among peers behind one load balancer; it goes into every cancel key"`
+	Peers           PeerMap             `yaml:"peers" doc:"peer id → host:port of each pgtoken peer, where a cancel request for one of its clients is forwarded (env: 0=host:port,1=host:port)" reload:"yes"`
+	JWT             JWT                 `yaml:"jwt"`
+	Claims          Claims              `yaml:"claims"`
+	TLS             TLS                 `yaml:"tls"`
+	Guard           Guard               `yaml:"guard"`
+	Limits          Limits              `yaml:"limits"`
 }
 
 // Pool configures server connections.
 type Pool struct {
 	Mode                   string   `yaml:"mode" doc:"transaction (a server connection per transaction) or session"`
-	Size                   int      `yaml:"size" doc:"server connections per database"`
+	Size                   int      `yaml:"size" doc:"server connections per database" reload:"yes"`
 	WaitTimeout            Duration `yaml:"wait_timeout" doc:"how long a client waits for a free server connection"`
 	ConnectTimeout         Duration `yaml:"connect_timeout" doc:"how long one login to the server may take"`
 	IdleTransactionTimeout Duration `yaml:"idle_transaction_timeout" doc:"a client idle inside a transaction longer than this is disconnected; 0 disables"`
@@ -46,23 +57,25 @@ type Pool struct {
 // Database maps one client database name to an upstream.
 type Database struct {
 	Upstream string `yaml:"upstream" secret:"password"`
-	PoolSize int    `yaml:"pool_size"`
+	PoolSize int    `yaml:"pool_size"` // 0: pool.size
 }
 
 // JWT configures token verification.
 type JWT struct {
-	Secret       string     `yaml:"secret" doc:"HS256/384/512 shared secret" secret:"all"`
-	JWKS         StringList `yaml:"jwks" doc:"JWKS URL(s): file:///path or https://issuer/.well-known/jwks.json"`
-	PublicKeys   StringList `yaml:"public_keys" doc:"PEM public-key files (RSA, ECDSA, Ed25519)"`
-	Algorithms   StringList `yaml:"algorithms" doc:"allowed algorithms; empty = every family with a configured key"`
-	Issuer       string     `yaml:"issuer" doc:"required iss, when set"`
-	Audience     string     `yaml:"audience" doc:"required aud, when set"`
-	Leeway       Duration   `yaml:"leeway" doc:"clock skew allowed for exp and nbf"`
-	RequireExp   bool       `yaml:"require_exp" doc:"refuse tokens without exp"`
-	RoleClaim    string     `yaml:"role_claim" doc:"path of the role claim, PostgREST style"`
-	AnonRole     string     `yaml:"anon_role" doc:"role for tokens without a role claim; empty refuses them"`
-	AllowedRoles StringList `yaml:"allowed_roles" doc:"roles a token may name"`
-	CacheSize    int        `yaml:"cache_size" doc:"verified tokens kept (by hash, until exp)"`
+	Secret       string     `yaml:"secret" doc:"HS256/384/512 shared secret" secret:"all" reload:"yes"`
+	JWKS         StringList `yaml:"jwks" doc:"JWKS URL(s): file:///path or https://issuer/.well-known/jwks.json" reload:"yes"`
+	PublicKeys   StringList `yaml:"public_keys" doc:"PEM public-key files (RSA, ECDSA, Ed25519)" reload:"yes"`
+	Algorithms   StringList `yaml:"algorithms" doc:"allowed algorithms; empty = every family with a configured key" reload:"yes"`
+	Issuer       string     `yaml:"issuer" doc:"required iss, when set" reload:"yes"`
+	Audience     string     `yaml:"audience" doc:"required aud, when set" reload:"yes"`
+	Leeway       Duration   `yaml:"leeway" doc:"clock skew allowed for nbf (exp is enforced exactly: at login and before each transaction)" reload:"yes"`
+	RequireExp   bool       `yaml:"require_exp" doc:"refuse tokens without exp" reload:"yes"`
+	RoleClaim    string     `yaml:"role_claim" doc:"path of the role claim, PostgREST style" reload:"yes"`
+	AnonRole     string     `yaml:"anon_role" doc:"role for tokens without a role claim; empty refuses them" reload:"yes"`
+	AllowedRoles StringList `yaml:"allowed_roles" doc:"roles a token may name" reload:"yes"`
+	CacheSize    int        `yaml:"cache_size" doc:"verified tokens kept (by hash, until exp)" reload:"yes"`
+	// PrivilegedRoles lifts the role-attribute check (session/roles.go).
+	PrivilegedRoles StringList `yaml:"privileged_roles" doc:"roles a token may name even though they are superusers, have BYPASSRLS or are the upstream login role (refused otherwise); each must be in jwt.allowed_roles" reload:"yes"`
 }
 
 // Claims configures how claims reach Postgres.
@@ -73,8 +86,8 @@ type Claims struct {
 
 // TLS configures client-facing TLS.
 type TLS struct {
-	Cert             string `yaml:"cert" doc:"PEM certificate file; with key, enables TLS for clients"`
-	Key              string `yaml:"key" doc:"PEM private key file"`
+	Cert             string `yaml:"cert" doc:"PEM certificate file; with key, enables TLS for clients (re-read on reload; turning TLS on or off needs a restart)" reload:"yes"`
+	Key              string `yaml:"key" doc:"PEM private key file" reload:"yes"`
 	RequireForRemote bool   `yaml:"require_for_remote" doc:"refuse a token sent in clear text from a non-loopback address"`
 }
 
@@ -90,14 +103,18 @@ type Limits struct {
 	MaxPassword      int      `yaml:"max_password" doc:"bytes; the token is the password"`
 	MaxMessage       int      `yaml:"max_message" doc:"largest client message buffered whole, bytes"`
 	MaxClientConn    int      `yaml:"max_client_conn" doc:"0 = unlimited"`
+	// Per-address backoff after failed logins (session/backoff.go).
+	AuthFailuresBeforeBackoff int      `yaml:"auth_failures_before_backoff" doc:"failed token checks from one client IP address within auth_backoff after which its logins are refused for auth_backoff; 0 disables"`
+	AuthBackoff               Duration `yaml:"auth_backoff" doc:"the window failed logins are counted in, and how long an address is refused once it reaches auth_failures_before_backoff"`
 }
 
 // Default returns the configuration used for every key a file leaves out.
 func Default() Config {
 	return Config{
-		Listen:    "127.0.0.1:6432",
-		LogLevel:  "info",
-		LogFormat: "console",
+		Listen:          "127.0.0.1:6432",
+		LogLevel:        "info",
+		LogFormat:       "console",
+		ShutdownTimeout: Duration(30 * time.Second),
 		Pool: Pool{
 			Mode:           "transaction",
 			Size:           20,
@@ -118,6 +135,9 @@ func Default() Config {
 			MaxStartupPacket: 10000,
 			MaxPassword:      64 << 10,
 			MaxMessage:       64 << 20,
+
+			AuthFailuresBeforeBackoff: 5,
+			AuthBackoff:               Duration(30 * time.Second),
 		},
 	}
 }
@@ -140,15 +160,112 @@ func Load(path string, env []string) (Config, error) {
 	return cfg, nil
 }
 
-// Parse decodes YAML into cfg, refusing unknown keys.
+// Parse decodes YAML into cfg, refusing unknown keys. An error names the
+// key it is about.
 func Parse(raw []byte, cfg *Config) error {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	// An empty file means "all defaults".
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return err
+		return nameKeys(err, raw)
 	}
 	return nil
+}
+
+var (
+	lineRe     = regexp.MustCompile(`line (\d+): (.*)`)
+	unknownRe  = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	mismatchRe = regexp.MustCompile("^cannot unmarshal !!\\w+ `(.*)` into (\\S+)$")
+)
+
+// nameKeys rewrites a YAML decoding error so each of its lines starts with
+// the key it is about: "pool.size (line 3): want an integer, got \"many\"".
+func nameKeys(err error, raw []byte) error {
+	var root yaml.Node
+	if yaml.Unmarshal(raw, &root) != nil {
+		return err
+	}
+	var out []string
+	for _, line := range strings.Split(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n"), "\n") {
+		line = strings.TrimSpace(line)
+		m := lineRe.FindStringSubmatch(line)
+		if m == nil {
+			out = append(out, line)
+			continue
+		}
+		n, _ := strconv.Atoi(m[1])
+		msg := m[2]
+		if mm := unknownRe.FindStringSubmatch(msg); mm != nil {
+			msg = "unknown key"
+		} else if mm := mismatchRe.FindStringSubmatch(msg); mm != nil {
+			msg = fmt.Sprintf("want %s, got %q", typeWords(mm[2]), mm[1])
+		}
+		if key := keyAtLine(&root, n, m[2]); key != "" {
+			out = append(out, fmt.Sprintf("%s (line %d): %s", key, n, msg))
+		} else {
+			out = append(out, fmt.Sprintf("line %d: %s", n, msg))
+		}
+	}
+	return &keyError{msg: strings.Join(out, "\n"), err: err}
+}
+
+// keyError is a decoding error rewritten to name its keys.
+type keyError struct {
+	msg string
+	err error
+}
+
+func (e *keyError) Error() string { return e.msg }
+func (e *keyError) Unwrap() error { return e.err }
+
+func typeWords(goType string) string {
+	switch {
+	case goType == "int":
+		return "an integer"
+	case goType == "bool":
+		return "true or false"
+	case goType == "string":
+		return "a string"
+	case strings.HasPrefix(goType, "map"), strings.HasSuffix(goType, "PeerMap"):
+		return "a mapping"
+	case strings.HasPrefix(goType, "[]"), strings.HasSuffix(goType, "StringList"):
+		return "a list"
+	}
+	return goType
+}
+
+// keyAtLine returns the dotted path of the key on line n; where several
+// keys share the line (a flow mapping), the one whose value the message
+// mentions, else the deepest.
+func keyAtLine(root *yaml.Node, n int, msg string) string {
+	best, bestDepth, bestMentioned := "", -1, false
+	var walk func(nd *yaml.Node, path string, depth int)
+	walk = func(nd *yaml.Node, path string, depth int) {
+		switch nd.Kind {
+		case yaml.DocumentNode, yaml.SequenceNode:
+			for _, c := range nd.Content {
+				walk(c, path, depth)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(nd.Content); i += 2 {
+				k, v := nd.Content[i], nd.Content[i+1]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				if k.Line == n {
+					mentioned := v.Kind == yaml.ScalarNode && v.Value != "" && strings.Contains(msg, v.Value) ||
+						strings.Contains(msg, "field "+k.Value+" ")
+					if mentioned && !bestMentioned || mentioned == bestMentioned && depth > bestDepth {
+						best, bestDepth, bestMentioned = p, depth, mentioned
+					}
+				}
+				walk(v, p, depth+1)
+			}
+		}
+	}
+	walk(root, "", 0)
+	return best
 }
 
 // Validate checks the configuration; every error names its key.
@@ -194,6 +311,21 @@ func (c *Config) Validate() error {
 	if c.Pool.WaitTimeout < 0 {
 		bad("pool.wait_timeout", "must not be negative")
 	}
+	if c.ShutdownTimeout < 0 {
+		bad("shutdown_timeout", "must not be negative")
+	}
+	if c.PeerID < 0 || c.PeerID > MaxPeerID {
+		bad("peer_id", "want 0 to %d, got %d", MaxPeerID, c.PeerID)
+	}
+	for _, id := range sortedPeerIDs(c.Peers) {
+		key := fmt.Sprintf("peers.%d", id)
+		if id < 0 || id > MaxPeerID {
+			bad(key, "peer ids are 0 to %d", MaxPeerID)
+		}
+		if _, _, err := net.SplitHostPort(c.Peers[id]); err != nil {
+			bad(key, "want host:port, got %q", c.Peers[id])
+		}
+	}
 	for name, d := range c.Databases {
 		if d.Upstream == "" {
 			bad("databases."+name+".upstream", "required")
@@ -209,6 +341,16 @@ func (c *Config) Validate() error {
 	}
 	if len(c.JWT.AllowedRoles) == 0 {
 		bad("jwt.allowed_roles", "required: the roles a token may name")
+	}
+	for _, r := range c.AdminRoles {
+		if !slices.Contains(c.JWT.AllowedRoles, r) {
+			bad("admin_roles", "%q is not in jwt.allowed_roles (an admin's token must pass verification like any other)", r)
+		}
+	}
+	for _, r := range c.JWT.PrivilegedRoles {
+		if !slices.Contains(c.JWT.AllowedRoles, r) {
+			bad("jwt.privileged_roles", "%q is not in jwt.allowed_roles", r)
+		}
 	}
 	for _, a := range c.JWT.Algorithms {
 		if strings.EqualFold(a, "none") {
@@ -232,6 +374,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MaxMessage < 1<<20 {
 		bad("limits.max_message", "must be at least 1 MiB")
+	}
+	if c.Limits.AuthFailuresBeforeBackoff < 0 {
+		bad("limits.auth_failures_before_backoff", "must not be negative (0 disables the backoff)")
+	}
+	if c.Limits.AuthBackoff < 0 || c.Limits.AuthFailuresBeforeBackoff > 0 && c.Limits.AuthBackoff == 0 {
+		bad("limits.auth_backoff", "must be positive while limits.auth_failures_before_backoff is set")
 	}
 	return errors.Join(errs...)
 }
@@ -262,10 +410,40 @@ func validSettingPath(s string) bool {
 // password).
 func redactErr(err error) error {
 	msg := err.Error()
+	if _, ok := errors.AsType[*pgconn.ParseConfigError](err); ok {
+		// "cannot parse `<DSN, best-effort redacted>`: why": keep the why.
+		if i := strings.LastIndex(msg, "`: "); i >= 0 {
+			msg = "cannot parse the connection string: " + msg[i+3:]
+		}
+	}
 	if i := strings.Index(msg, "("); i > 0 && strings.Contains(msg, "://") {
 		msg = msg[:i]
 	}
 	return errors.New(strings.TrimSpace(msg))
+}
+
+// MaxPeerID is the largest peer_id (three bits of the cancel key).
+const MaxPeerID = 7
+
+// PeerMap maps peer ids to host:port.
+type PeerMap map[int]string
+
+func sortedPeerIDs(m PeerMap) []int {
+	ids := make([]int, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// String renders the map as the environment form: 0=host:port,1=host:port.
+func (m PeerMap) String() string {
+	var parts []string
+	for _, id := range sortedPeerIDs(m) {
+		parts = append(parts, fmt.Sprintf("%d=%s", id, m[id]))
+	}
+	return strings.Join(parts, ",")
 }
 
 // Duration is a time.Duration written as "30s" in YAML.

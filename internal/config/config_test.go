@@ -125,3 +125,103 @@ func TestDocsAreGeneratedFromDefaults(t *testing.T) {
 		t.Fatal("docs/CONFIG.md is out of date with the code's defaults: run make docs")
 	}
 }
+
+func TestNewKeysValidate(t *testing.T) {
+	for _, tc := range []struct{ body, env, want string }{
+		{minimal + "peer_id: 8\n", "", "peer_id: want 0 to 7"},
+		{minimal + "peers: {9: 'h:1'}\n", "", "peers.9"},
+		{minimal + "peers: {1: 'nohostport'}\n", "", "peers.1: want host:port"},
+		{minimal + "admin_roles: [ops]\n", "", `admin_roles: "ops" is not in jwt.allowed_roles`},
+		{minimal + "shutdown_timeout: -1s\n", "", "shutdown_timeout"},
+		{minimal, "PGTOKEN_PEERS=1-h:1", "peers (from PGTOKEN_PEERS)"},
+		{minimal, "PGTOKEN_DATABASES_X_POOL_SIZE=big", "databases.x.pool_size"},
+		{minimal, "PGTOKEN_DATABASES_X_COLOR=red", "PGTOKEN_DATABASES_X_COLOR"},
+		{minimal, "PGTOKEN_DATABASES_X_POOL_SIZE=3", "databases.x.upstream: required"},
+		{minimal + "pool: {size: many}\n", "", `pool.size (line 7): want an integer, got "many"`},
+		{minimal + "limits: {nosuch: 1}\n", "", "limits.nosuch (line 7): unknown key"},
+		{minimal + "reuse_port: maybe\n", "", `reuse_port (line 7): want true or false, got "maybe"`},
+	} {
+		var env []string
+		if tc.env != "" {
+			env = []string{tc.env}
+		}
+		cfg, err := Load(write(t, tc.body), env)
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q %q: error %v, want one with %q", tc.body, tc.env, err, tc.want)
+		}
+	}
+}
+
+func TestEnvSetsPeersAndDatabases(t *testing.T) {
+	cfg, err := Load(write(t, minimal+"databases: {reports: {upstream: 'host=r dbname=rep', pool_size: 2}}\n"), []string{
+		"PGTOKEN_PEERS=0=a:6432, 1=b:6432",
+		"PGTOKEN_PEER_ID=1",
+		"PGTOKEN_ADMIN_ROLES=web_user",
+		"PGTOKEN_DATABASES_REPORTS_POOL_SIZE=7",
+		"PGTOKEN_DATABASES_BILLING_UPSTREAM=postgres://u:pw@h/billing",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Peers[0] != "a:6432" || cfg.Peers[1] != "b:6432" || cfg.PeerID != 1 || cfg.AdminRoles[0] != "web_user" {
+		t.Fatalf("peers/admin from env: %+v %d %v", cfg.Peers, cfg.PeerID, cfg.AdminRoles)
+	}
+	if d := cfg.Databases["reports"]; d.PoolSize != 7 || d.Upstream != "host=r dbname=rep" {
+		t.Fatalf("reports: %+v", d)
+	}
+	if d := cfg.Databases["billing"]; d.Upstream != "postgres://u:pw@h/billing" {
+		t.Fatalf("billing: %+v", d)
+	}
+}
+
+func TestRedactedHidesJWKSCredentials(t *testing.T) {
+	cfg := Default()
+	cfg.JWT.JWKS = StringList{"https://user:tok3n@idp/jwks.json", "file:///k.json"}
+	r := cfg.Redacted()
+	if strings.Contains(r.JWT.JWKS[0], "tok3n") || r.JWT.JWKS[1] != "file:///k.json" || cfg.JWT.JWKS[0] != "https://user:tok3n@idp/jwks.json" {
+		t.Fatalf("JWKS URLs: %v (original %v)", r.JWT.JWKS, cfg.JWT.JWKS)
+	}
+}
+
+func TestReloadSplitsWhatAppliesFromWhatNeedsARestart(t *testing.T) {
+	cur, err := Load(write(t, minimal+"databases: {rep: {upstream: 'host=r', pool_size: 2}}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := cur
+	next.JWT.AllowedRoles = StringList{"web_user"}
+	next.Pool.Size = 3
+	next.Pool.Mode = "session"
+	next.Listen = "0.0.0.0:1"
+	next.LogLevel = "debug"
+	next.Databases = map[string]Database{"rep": {Upstream: "host=other", PoolSize: 5}, "new": {Upstream: "host=n"}}
+	eff, applied, restart := Reload(cur, next)
+	if strings.Join(eff.JWT.AllowedRoles, ",") != "web_user" || eff.Pool.Size != 3 || eff.LogLevel != "debug" ||
+		eff.Pool.Mode != "transaction" || eff.Listen != cur.Listen ||
+		eff.Databases["rep"].PoolSize != 5 || eff.Databases["rep"].Upstream != "host=r" || len(eff.Databases) != 1 {
+		t.Fatalf("effective: %+v", eff)
+	}
+	if got := strings.Join(applied, " "); got != "log_level pool.size jwt.allowed_roles databases.rep.pool_size" {
+		t.Errorf("applied: %s", got)
+	}
+	if got := strings.Join(restart, " "); got != "listen pool.mode databases.new databases.rep.upstream" {
+		t.Errorf("restart: %s", got)
+	}
+	if cur.Databases["rep"].PoolSize != 2 {
+		t.Fatal("Reload changed its input")
+	}
+	for _, k := range []string{"jwt.allowed_roles", "pool.size", "databases.x.pool_size", "tls.cert"} {
+		if !Reloadable(k) {
+			t.Errorf("%s should be reloadable", k)
+		}
+	}
+	if Reloadable("upstream") || Reloadable("pool.mode") {
+		t.Error("upstream and pool.mode need a restart")
+	}
+}

@@ -1,0 +1,822 @@
+package app_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/pgtoken/pgtoken/authn"
+	"github.com/pgtoken/pgtoken/internal/app"
+	"github.com/pgtoken/pgtoken/internal/config"
+	"github.com/pgtoken/pgtoken/internal/pgtest"
+	"github.com/pgtoken/pgtoken/internal/testpg"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testpg.StopShared()
+	os.Exit(code)
+}
+
+func ctx(t testing.TB) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func exec(t testing.TB, c *pgconn.PgConn, sql string) [][]string {
+	t.Helper()
+	res, err := c.Exec(ctx(t), sql).ReadAll()
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	var out [][]string
+	for _, r := range res {
+		for _, row := range r.Rows {
+			var cols []string
+			for _, v := range row {
+				cols = append(cols, string(v))
+			}
+			out = append(out, cols)
+		}
+	}
+	return out
+}
+
+func sqlstate(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+func dsn(a *app.App, db, token string) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=anyone dbname=%s password=%s sslmode=disable connect_timeout=10", a.Port(), db, token)
+}
+
+func connect(t testing.TB, a *app.App, db, token string) *pgconn.PgConn {
+	t.Helper()
+	c, err := pgconn.Connect(ctx(t), dsn(a, db, token))
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// scrape reads /metrics into series → value, the series spelled as in the
+// text format (labels sorted by name).
+func scrape(t testing.TB, addr string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+func get(t testing.TB, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestMetricsMoveAsClientsRunQueries(t *testing.T) {
+	// A JWKS served over HTTP, so refreshes are counted too.
+	_, pub, err := authn.GenerateJWKS("EdDSA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(pub)
+	}))
+	defer jwks.Close()
+	env := pgtest.Start(t, func(c *config.Config) {
+		c.MetricsListen = "127.0.0.1:0"
+		c.JWT.JWKS = config.StringList{jwks.URL}
+	})
+	addr := env.App.MetricsAddr()
+	if code, body := get(t, "http://"+addr+"/healthz"); code != 200 || !strings.Contains(body, "ok") {
+		t.Fatalf("/healthz: %d %q", code, body)
+	}
+	db := `{database="` + env.DB + `"}`
+	before := scrape(t, addr)
+	if before[`pgtoken_jwks_refresh_total{result="ok"}`] < 1 {
+		t.Errorf("the JWKS fetch at start is not counted: %v", before[`pgtoken_jwks_refresh_total{result="ok"}`])
+	}
+	if before["pgtoken_jwt_keys"] != 2 { // the secret and the JWKS key
+		t.Errorf("pgtoken_jwt_keys = %v, want 2", before["pgtoken_jwt_keys"])
+	}
+
+	c := env.Connect(pgtest.UserToken(t, "alice"))
+	for range 3 {
+		exec(t, c, "select 1")
+	}
+	exec(t, c, "begin; select 1; commit")
+	if _, err := c.Exec(ctx(t), "set role web_admin").ReadAll(); sqlstate(err) != "42501" {
+		t.Fatalf("guard: %v", err)
+	}
+	expired := pgtest.Token(t, map[string]any{"role": "web_user", "sub": "x", "exp": time.Now().Add(-time.Hour).Unix()})
+	if _, err := pgconn.Connect(ctx(t), env.DSN(expired)); sqlstate(err) != "28P01" {
+		t.Fatalf("expired token: %v", err)
+	}
+	// A client that waits: with the pool's connections busy.
+	holders := []*pgconn.PgConn{env.Connect(pgtest.UserToken(t, "h1")), env.Connect(pgtest.UserToken(t, "h2"))}
+	for _, h := range holders {
+		exec(t, h, "begin")
+	}
+	waiter := env.Connect(pgtest.UserToken(t, "w"))
+	done := make(chan error, 1)
+	go func() { _, err := waiter.Exec(context.Background(), "select 1").ReadAll(); done <- err }()
+	waitFor(t, "a waiting client", func() bool {
+		return scrape(t, addr)[`pgtoken_client_connections{state="waiting"}`] == 1
+	})
+	m := scrape(t, addr)
+	if m[`pgtoken_client_connections{state="active"}`] != 2 || m[`pgtoken_server_connections{database="`+env.DB+`",state="active"}`] != 2 {
+		t.Errorf("active clients %v, active server connections %v; want 2 and 2",
+			m[`pgtoken_client_connections{state="active"}`], m[`pgtoken_server_connections{database="`+env.DB+`",state="active"}`])
+	}
+	if m[`pgtoken_client_connections{state="idle"}`] != 1 {
+		t.Errorf("idle clients: %v, want 1", m[`pgtoken_client_connections{state="idle"}`])
+	}
+	for _, h := range holders {
+		exec(t, h, "commit")
+	}
+	if err := recv(t, done, "the waiting client"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A transaction is counted when its connection goes back to the pool,
+	// which may be just after the client has its answer.
+	var after map[string]float64
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		after = scrape(t, addr)
+		if after["pgtoken_transactions_total"+db]-before["pgtoken_transactions_total"+db] >= 7 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, tc := range []struct {
+		series string
+		min    float64
+	}{
+		{"pgtoken_queries_total" + db, 9},
+		{"pgtoken_transactions_total" + db, 7},
+		{"pgtoken_transaction_duration_seconds_count", 7},
+		{"pgtoken_pool_wait_seconds_count", 7},
+		{`pgtoken_auth_failures_total{reason="expired"}`, 1},
+		{"pgtoken_guard_rejections_total", 1},
+		{"pgtoken_logins_total", 4},
+	} {
+		if got := after[tc.series] - before[tc.series]; got < tc.min {
+			t.Errorf("%s moved by %v (now %v), want at least %v", tc.series, got, after[tc.series], tc.min)
+		}
+	}
+	if after["pgtoken_pool_size"+db] != 2 {
+		t.Errorf("pgtoken_pool_size%s = %v, want 2", db, after["pgtoken_pool_size"+db])
+	}
+	if after[`pgtoken_pool_wait_seconds_sum`] <= 0 {
+		t.Errorf("the waiting client's wait is not in pgtoken_pool_wait_seconds_sum")
+	}
+	if after[`pgtoken_auth_failures_total{reason="bad_signature"}`] != 0 {
+		t.Errorf("unrelated reason moved")
+	}
+}
+
+// closeApp closes a, and dumps every goroutine if that takes a minute.
+func closeApp(t testing.TB, a *app.App) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- a.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("close: %v", err)
+		}
+	case <-time.After(time.Minute):
+		buf := make([]byte, 1<<20)
+		n := runtime.Stack(buf, true)
+		t.Fatalf("App.Close hangs; goroutines:\n%s", buf[:n])
+	}
+}
+
+// recv waits for ch up to 30 seconds, and dumps every goroutine if it
+// takes longer.
+func recv(t testing.TB, ch <-chan error, what string) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(30 * time.Second):
+		buf := make([]byte, 1<<20)
+		n := runtime.Stack(buf, true)
+		t.Fatalf("%s hangs; goroutines:\n%s", what, buf[:n])
+		return nil
+	}
+}
+
+// waitFor polls cond for up to 10 seconds.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// privateEnv starts a Postgres cluster of the test's own (which the test
+// may stop) with the schema in database app.
+func privateEnv(t *testing.T) (*testpg.Cluster, config.Config) {
+	pg := testpg.New(t, testpg.Options{})
+	if err := pg.CreateDatabase(ctx(t), "app"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.ApplySQLFile(ctx(t), "app", filepath.Join(pgtest.Root(), "testdata", "sql", "schema.sql")); err != nil {
+		t.Fatal(err)
+	}
+	return pg, pgtest.Config(pg, "app")
+}
+
+func TestReadyzFollowsTheUpstream(t *testing.T) {
+	pg, cfg := privateEnv(t)
+	cfg.MetricsListen = "127.0.0.1:0"
+	a, err := app.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	url := "http://" + a.MetricsAddr() + "/readyz"
+	if code, body := get(t, url); code != 200 {
+		t.Fatalf("/readyz with the upstream up: %d %q", code, body)
+	}
+	c := connect(t, a, "app", pgtest.UserToken(t, "alice"))
+	exec(t, c, "select 1")
+	if err := pg.StopOnly(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "/readyz to fail", func() bool { code, _ := get(t, url); return code == 503 })
+	if code, body := get(t, "http://"+a.MetricsAddr()+"/healthz"); code != 200 {
+		t.Fatalf("/healthz with the upstream down: %d %q", code, body)
+	}
+	if err := pg.Resume(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "/readyz to pass again", func() bool { code, _ := get(t, url); return code == 200 })
+}
+
+func TestReloadAllowedRolesKeepsSessions(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	cfg := pgtest.Config(pg, db)
+	level := zap.NewAtomicLevelAt(zapcore.InfoLevel)
+	a, err := app.StartWith(context.Background(), cfg, nil, app.Options{Level: &level})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	adminTok := pgtest.Token(t, map[string]any{"role": "web_admin", "sub": "root"})
+	old := connect(t, a, db, adminTok)
+	exec(t, old, "begin; select 1")
+
+	next := cfg
+	next.JWT.AllowedRoles = config.StringList{"web_anon", "web_user"}
+	next.LogLevel = "debug"
+	if err := a.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgconn.Connect(ctx(t), dsn(a, db, adminTok)); sqlstate(err) != "28P01" {
+		t.Fatalf("a login with the removed role after reload: %v", err)
+	}
+	connect(t, a, db, pgtest.UserToken(t, "alice")) // others still log in
+	// The session logged in before keeps working, in and after its transaction.
+	if got := exec(t, old, "select current_user::text; commit"); got[0][0] != "web_admin" {
+		t.Fatalf("old session: %q", got)
+	}
+	if got := exec(t, old, "select current_user::text"); got[0][0] != "web_admin" {
+		t.Fatalf("old session, next transaction: %q", got)
+	}
+	if level.Level() != zapcore.DebugLevel {
+		t.Fatalf("log level after reload: %v", level.Level())
+	}
+
+	// A bad configuration is refused; the one in use stays.
+	bad := next
+	bad.JWT.AllowedRoles = nil
+	if err := a.Reload(bad); err == nil || !strings.Contains(err.Error(), "jwt.allowed_roles") {
+		t.Fatalf("bad reload: %v", err)
+	}
+	bad = next
+	bad.JWT.PublicKeys = config.StringList{"/nonexistent/key.pem"}
+	if err := a.Reload(bad); err == nil {
+		t.Fatal("a reload with a missing key file was accepted")
+	}
+	connect(t, a, db, pgtest.UserToken(t, "bob"))
+	if got := a.Config().JWT.AllowedRoles; len(got) != 2 {
+		t.Fatalf("config in use after a refused reload: %v", got)
+	}
+	// A change that needs a restart is not applied.
+	moved := next
+	moved.Pool.Mode = "session"
+	if err := a.Reload(moved); err != nil {
+		t.Fatal(err)
+	}
+	if a.Config().Pool.Mode != "transaction" {
+		t.Fatal("pool.mode changed without a restart")
+	}
+}
+
+func TestReloadResizesPools(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	cfg := pgtest.Config(pg, db)
+	cfg.Pool.Size = 2
+	a, err := app.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	stats := func() (size, total, active, waiting int) {
+		for _, p := range a.Server.Stats().Pools {
+			if p.Database == db {
+				return p.Size, p.Total, p.Active, p.Waiting
+			}
+		}
+		return
+	}
+	c1 := connect(t, a, db, pgtest.UserToken(t, "a"))
+	c2 := connect(t, a, db, pgtest.UserToken(t, "b"))
+	exec(t, c1, "begin; select 1")
+	exec(t, c2, "begin; select 1")
+
+	// Shrink while both connections are busy: nobody is cut off.
+	small := cfg
+	small.Pool.Size = 1
+	if err := a.Reload(small); err != nil {
+		t.Fatal(err)
+	}
+	if size, total, active, _ := stats(); size != 1 || total != 2 || active != 2 {
+		t.Fatalf("after shrinking: size %d total %d active %d", size, total, active)
+	}
+	exec(t, c1, "select 1; commit")
+	exec(t, c2, "select 1; commit")
+	waitFor(t, "the surplus connection to close", func() bool { _, total, _, _ := stats(); return total == 1 })
+
+	// Grow while a client waits: it gets a connection at once.
+	exec(t, c1, "begin; select 1")
+	done := make(chan error, 1)
+	go func() { _, err := c2.Exec(context.Background(), "select 1").ReadAll(); done <- err }()
+	waitFor(t, "a waiting client", func() bool { _, _, _, w := stats(); return w == 1 })
+	big := cfg
+	big.Pool.Size = 3
+	if err := a.Reload(big); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting client was not served after the pool grew")
+	}
+	exec(t, c1, "commit")
+}
+
+func TestShutdownLetsTransactionsFinish(t *testing.T) {
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) { testShutdown(t, mode) })
+	}
+}
+
+func testShutdown(t *testing.T, mode string) {
+	pg, db := pgtest.NewDB(t)
+	cfg := pgtest.Config(pg, db)
+	cfg.Pool.Mode = mode
+	cfg.Pool.Size = 4
+	a, err := app.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	idle := connect(t, a, db, pgtest.UserToken(t, "idle"))
+	exec(t, idle, "select 1")
+	inTx := connect(t, a, db, pgtest.UserToken(t, "tx"))
+	exec(t, inTx, "begin")
+	busy := connect(t, a, db, pgtest.UserToken(t, "busy"))
+	slept := make(chan error, 1)
+	go func() {
+		_, err := busy.Exec(context.Background(), "select pg_sleep(2)").ReadAll()
+		slept <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+
+	start := time.Now()
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- a.Shutdown(ctx)
+	}()
+	// The idle client is closed at once with 57P01.
+	time.Sleep(200 * time.Millisecond)
+	if _, err := idle.Exec(ctx(t), "select 1").ReadAll(); sqlstate(err) != "57P01" {
+		t.Fatalf("idle client during shutdown: %v", err)
+	}
+	// New clients are not accepted.
+	if _, err := pgconn.Connect(ctx(t), dsn(a, db, pgtest.UserToken(t, "late"))); err == nil {
+		t.Fatal("a new client was accepted during shutdown")
+	}
+	// The client inside a transaction finishes it, then is closed.
+	exec(t, inTx, "select 1")
+	exec(t, inTx, "commit")
+	// The running query completes.
+	if err := recv(t, slept, "the query in flight"); err != nil {
+		t.Fatalf("query in flight during shutdown: %v", err)
+	}
+	if err := recv(t, shut, "Shutdown"); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("shutdown took %s", d)
+	}
+	if _, err := inTx.Exec(ctx(t), "select 1").ReadAll(); err == nil {
+		t.Fatal("client still served after shutdown")
+	}
+}
+
+func TestShutdownTimeoutCutsOff(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	a, err := app.Start(context.Background(), pgtest.Config(pg, db), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	busy := connect(t, a, db, pgtest.UserToken(t, "busy"))
+	slept := make(chan error, 1)
+	go func() {
+		_, err := busy.Exec(context.Background(), "select pg_sleep(5)").ReadAll()
+		slept <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	c, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := a.Shutdown(c); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("shutdown past its timeout: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("shutdown took %s with a 500ms timeout", d)
+	}
+	if err := recv(t, slept, "the client cut off"); sqlstate(err) != "57P01" {
+		t.Fatalf("client cut off: %v", err)
+	}
+}
+
+func TestCloseSendsAdminShutdown(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	a, err := app.Start(context.Background(), pgtest.Config(pg, db), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, a, db, pgtest.UserToken(t, "x"))
+	exec(t, c, "select 1")
+	closeApp(t, a)
+	if _, err := c.Exec(ctx(t), "select 1").ReadAll(); sqlstate(err) != "57P01" {
+		t.Fatalf("client after Close: %v", err)
+	}
+}
+
+func TestReusePortTwoInstances(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	cfg := pgtest.Config(pg, db)
+	cfg.ReusePort = true
+	a1, err := app.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a1)
+	cfg.Listen = a1.Addr()
+	a2, err := app.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatalf("second instance on the same port: %v", err)
+	}
+	defer closeApp(t, a2)
+	for i := range 6 {
+		c := connect(t, a2, db, pgtest.UserToken(t, fmt.Sprint("u", i)))
+		exec(t, c, "select 1")
+	}
+	// The first one leaves; the port keeps answering.
+	closeApp(t, a1)
+	for i := range 3 {
+		c := connect(t, a2, db, pgtest.UserToken(t, fmt.Sprint("v", i)))
+		exec(t, c, "select 1")
+	}
+	// Without reuse_port the port is taken.
+	cfg.ReusePort = false
+	if a3, err := app.Start(context.Background(), cfg, nil); err == nil {
+		a3.Close()
+		t.Fatal("a third instance without reuse_port listened on a taken port")
+	}
+}
+
+// cancelRequest sends a CancelRequest to addr.
+func cancelRequest(t testing.TB, addr string, pid uint32, key []byte) {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	b := binary.BigEndian.AppendUint32(nil, 16)
+	b = binary.BigEndian.AppendUint32(b, 80877102)
+	b = binary.BigEndian.AppendUint32(b, pid)
+	b = append(b, key...)
+	if _, err := nc.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _ = nc.Read(make([]byte, 1)) // closed once handled
+}
+
+func TestCancelRequestReachesThePeer(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	cfg := pgtest.Config(pg, db)
+	cfg.PeerID = 1
+	a, err := app.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	cfgB := cfg
+	cfgB.PeerID = 2
+	cfgB.Peers = config.PeerMap{1: a.Addr()}
+	b, err := app.Start(context.Background(), cfgB, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, b)
+	// Peers are reloadable: a learns b's address.
+	cfg.Peers = config.PeerMap{1: a.Addr(), 2: b.Addr()}
+	if err := a.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name     string
+		at, land *app.App
+		peer     uint32
+	}{{"a's client, request at b", a, b, 1}, {"b's client, request at a", b, a, 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := connect(t, tc.at, db, pgtest.UserToken(t, "alice"))
+			if got := c.PID() >> 28 & 7; got != tc.peer {
+				t.Fatalf("process id %#x carries peer %d, want %d", c.PID(), got, tc.peer)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := c.Exec(context.Background(), "select pg_sleep(20)").ReadAll()
+				done <- err
+			}()
+			time.Sleep(300 * time.Millisecond)
+			cancelRequest(t, tc.land.Addr(), c.PID(), c.SecretKey())
+			select {
+			case err := <-done:
+				if sqlstate(err) != "57014" {
+					t.Fatalf("query after cancel at the peer: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the cancel request did not reach the right pgtoken")
+			}
+			exec(t, c, "select 1") // the session goes on
+		})
+	}
+
+	// A wrong key is ignored, forwarded or not.
+	c := connect(t, a, db, pgtest.UserToken(t, "bob"))
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(context.Background(), "select pg_sleep(1)").ReadAll()
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	cancelRequest(t, b.Addr(), c.PID(), []byte{0, 0, 0, 0})
+	if err := <-done; err != nil {
+		t.Fatalf("cancelled with a wrong key: %v", err)
+	}
+}
+
+// TestConcurrentReloadsAndLogins runs reloads while clients log in and
+// query, for the race detector.
+func TestConcurrentReloadsAndLogins(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	cfg := pgtest.Config(pg, db)
+	cfg.MetricsListen = "127.0.0.1:0"
+	a, err := app.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := pgconn.Connect(context.Background(), dsn(a, db, pgtest.UserToken(t, fmt.Sprint("c", i))))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := c.Exec(context.Background(), "select 1").ReadAll(); err != nil {
+					t.Error(err)
+				}
+				_ = c.Close(context.Background())
+			}
+		}()
+	}
+	for i := range 10 {
+		next := cfg
+		next.Pool.Size = 1 + i%3
+		if err := a.Reload(next); err != nil {
+			t.Fatal(err)
+		}
+		scrape(t, a.MetricsAddr())
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+}
+
+func TestReloadRereadsKeysAndCertificate(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	dir := t.TempDir()
+	jwksFile := filepath.Join(dir, "jwks.json")
+	newKey := func() []byte {
+		priv, pub, err := authn.GenerateJWKS("EdDSA")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(jwksFile, pub, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return priv
+	}
+	mint := func(priv []byte) string {
+		tok, err := authn.Mint(priv, map[string]any{"role": "web_user", "sub": "k"}, time.Hour, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	newCert := func(cn string) {
+		if err := writeCert(certFile, keyFile, cn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyA := newKey()
+	newCert("cert-a")
+	cfg := pgtest.Config(pg, db)
+	cfg.JWT.Secret = ""
+	cfg.JWT.JWKS = config.StringList{"file://" + jwksFile}
+	cfg.TLS.Cert, cfg.TLS.Key = certFile, keyFile
+	a, err := app.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	tlsDSN := func(tok string) string {
+		return fmt.Sprintf("host=127.0.0.1 port=%d user=x dbname=%s password=%s sslmode=require", a.Port(), db, tok)
+	}
+	peerCN := func(c *pgconn.PgConn) string {
+		tc, ok := c.Conn().(*tls.Conn)
+		if !ok {
+			t.Fatalf("not TLS: %T", c.Conn())
+		}
+		return tc.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	old, err := pgconn.Connect(ctx(t), tlsDSN(mint(keyA)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close(context.Background())
+	if peerCN(old) != "cert-a" {
+		t.Fatalf("certificate: %s", peerCN(old))
+	}
+
+	keyB := newKey()
+	newCert("cert-b")
+	if err := a.Reload(cfg); err != nil { // same settings; files re-read
+		t.Fatal(err)
+	}
+	if _, err := pgconn.Connect(ctx(t), tlsDSN(mint(keyA))); sqlstate(err) != "28P01" {
+		t.Fatalf("token of the removed key after reload: %v", err)
+	}
+	c, err := pgconn.Connect(ctx(t), tlsDSN(mint(keyB)))
+	if err != nil {
+		t.Fatalf("token of the new key after reload: %v", err)
+	}
+	defer c.Close(context.Background())
+	if peerCN(c) != "cert-b" {
+		t.Fatalf("new handshake after reload got %s", peerCN(c))
+	}
+	exec(t, old, "select 1") // the session from before goes on
+	// A certificate that does not load is refused; the one in use stays.
+	if err := os.WriteFile(certFile, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reload(cfg); err == nil || !strings.Contains(err.Error(), "tls") {
+		t.Fatalf("reload with a broken certificate: %v", err)
+	}
+	c2, err := pgconn.Connect(ctx(t), tlsDSN(mint(keyB)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close(context.Background())
+	if peerCN(c2) != "cert-b" {
+		t.Fatalf("after a refused reload: %s", peerCN(c2))
+	}
+}
+
+// writeCert writes a self-signed ECDSA certificate for 127.0.0.1.
+func writeCert(certFile, keyFile, cn string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+}
