@@ -6,7 +6,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 30s
 
-.PHONY: all build test test-short vet lint fuzz demo bench bench-quick soak docs clean
+.PHONY: all build test test-short vet lint fuzz demo bench bench-quick bench-micro soak manyclients docs clean
 
 all: build
 
@@ -29,10 +29,14 @@ vet:
 lint: vet
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
-## fuzz: each fuzz target for FUZZTIME.
+## fuzz: each fuzz target of every package for FUZZTIME (seeds: <package>/testdata/fuzz/<Target>/).
 fuzz:
-	@for t in $$($(GO) test -list 'Fuzz.*' ./... 2>/dev/null | grep -E '^(Fuzz|ok)' ); do :; done
-	$(GO) run ./internal/tools/fuzzall -fuzztime $(FUZZTIME)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$t ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
 ## demo: a throwaway Postgres with demo roles and RLS data, pgtoken in front, and a psql line to paste.
 demo:
@@ -41,6 +45,36 @@ demo:
 ## docs: regenerate docs/CONFIG.md from the code's defaults.
 docs:
 	$(GO) run ./internal/tools/gendocs > docs/CONFIG.md
+
+## bench: the full benchmark (bench/README.md): Postgres, PgBouncer and pgtoken under pgbench; about 70 minutes (-T 5: 40).
+## BENCH_FLAGS passes flags to the harness, e.g. make bench BENCH_FLAGS="-T 5 -reps 2".
+BENCH_FLAGS ?=
+bench:
+	$(GO) run ./bench $(BENCH_FLAGS)
+
+## bench-quick: a subset in about a minute and a half (writes bench/results/latest-quick.*, leaves bench/README.md alone).
+bench-quick:
+	$(GO) run ./bench -quick $(BENCH_FLAGS)
+
+## bench-micro: the Go micro-benchmarks (wire, session, authn, sqlscan) with -benchmem.
+BENCHTIME ?= 1s
+bench-micro:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./wire ./session ./authn ./session/sqlscan
+
+## soak: the isolation test under chaos (server connections killed every 250ms, clients dropping,
+## one Postgres restart) until SOAK_STATEMENTS identity checks, printing progress and the final
+## counts; then make manyclients. SOAK_FLAGS adds test flags (e.g. -race).
+SOAK_STATEMENTS ?= 1000000
+SOAK_FLAGS ?=
+soak: build
+	PGTOKEN_SOAK_STATEMENTS=$(SOAK_STATEMENTS) $(GO) test $(SOAK_FLAGS) -count=1 -timeout 0 -v -run '^TestIsolationUnderChaos$$' ./session/
+	$(MAKE) manyclients
+
+## manyclients: MANY_CLIENTS (10,000) client connections on a pool of 20, 1,000 active at once,
+## against bin/pgtoken run as a process of its own; reports its resident memory.
+MANY_CLIENTS ?= 10000
+manyclients: build
+	PGTOKEN_BIN=$(CURDIR)/$(BIN) PGTOKEN_MANY_CLIENTS=$(MANY_CLIENTS) $(GO) test -count=1 -timeout 30m -v -run '^TestManyClients10k$$' ./session/
 
 clean:
 	rm -rf bin
