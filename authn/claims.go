@@ -178,7 +178,7 @@ func (c *claimSet) settings(prefix, jsonName string) []Setting {
 	var out []Setting
 	if prefix != "" {
 		for _, m := range c.members { // already sorted by name
-			if !isClaimIdent(m.name) {
+			if !IsSettingIdent(m.name) {
 				continue
 			}
 			out = append(out, Setting{Name: prefix + "." + m.name, Value: settingValue(m.raw)})
@@ -190,8 +190,10 @@ func (c *claimSet) settings(prefix, jsonName string) []Setting {
 	return out
 }
 
-// isClaimIdent reports whether s matches ^[A-Za-z_][A-Za-z0-9_$]*$.
-func isClaimIdent(s string) bool {
+// IsSettingIdent reports whether s matches ^[A-Za-z_][A-Za-z0-9_$]*$: an
+// ASCII identifier, as Postgres requires of each part of a custom setting's
+// name and pgtoken of each claim name it turns into a setting.
+func IsSettingIdent(s string) bool {
 	if s == "" {
 		return false
 	}
@@ -207,14 +209,14 @@ func isClaimIdent(s string) bool {
 	return true
 }
 
-// validSettingName reports whether s is a dotted identifier path such as
-// "jwt.claims" (each part matching isClaimIdent).
-func validSettingName(s string) bool {
+// ValidSettingName reports whether s is a dotted identifier path such as
+// "jwt.claims" (each part matching IsSettingIdent).
+func ValidSettingName(s string) bool {
 	if s == "" {
 		return false
 	}
 	for _, part := range strings.Split(s, ".") {
-		if !isClaimIdent(part) {
+		if !IsSettingIdent(part) {
 			return false
 		}
 	}

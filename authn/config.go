@@ -148,11 +148,11 @@ func (c *Config) validate() (*settings, error) {
 		}
 	}
 
-	if c.ClaimsPrefix != "" && !validSettingName(c.ClaimsPrefix) {
+	if c.ClaimsPrefix != "" && !ValidSettingName(c.ClaimsPrefix) {
 		return nil, fmt.Errorf("ClaimsPrefix %q is not a dotted identifier path such as jwt.claims", c.ClaimsPrefix)
 	}
 	if c.ClaimsJSON != "" {
-		if !validSettingName(c.ClaimsJSON) || !strings.Contains(c.ClaimsJSON, ".") {
+		if !ValidSettingName(c.ClaimsJSON) || !strings.Contains(c.ClaimsJSON, ".") {
 			return nil, fmt.Errorf("ClaimsJSON %q is not a dotted identifier path such as request.jwt.claims", c.ClaimsJSON)
 		}
 		if c.ClaimsPrefix != "" {

@@ -113,7 +113,7 @@ func FuzzVerifyPayload(f *testing.F) {
 			if i > 0 && i < n-1 && id.Settings[i-1].Name >= s.Name {
 				t.Fatalf("settings not sorted and unique: %q", id.Settings)
 			}
-			if i < n-1 && !isClaimIdent(strings.TrimPrefix(s.Name, "jwt.claims.")) {
+			if i < n-1 && !IsSettingIdent(strings.TrimPrefix(s.Name, "jwt.claims.")) {
 				t.Fatalf("setting name %q", s.Name)
 			}
 		}

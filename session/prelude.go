@@ -159,7 +159,7 @@ func writeSettingName(b *strings.Builder, name string) error {
 		return fmt.Errorf("setting name %q has no dot", name)
 	}
 	for i, part := range parts {
-		if !validNamePart(part) {
+		if !authn.IsSettingIdent(part) {
 			return fmt.Errorf("setting name %q is not an identifier path", name)
 		}
 		if i > 0 {
@@ -170,25 +170,6 @@ func writeSettingName(b *strings.Builder, name string) error {
 		b.WriteByte('"')
 	}
 	return nil
-}
-
-// validNamePart reports whether part is an ASCII identifier (letters, digits,
-// _ and $, not starting with a digit or $), as Postgres requires of each part
-// of a custom setting name.
-func validNamePart(part string) bool {
-	if part == "" {
-		return false
-	}
-	for i := 0; i < len(part); i++ {
-		c := part[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_':
-		case i > 0 && (c >= '0' && c <= '9' || c == '$'):
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // appendParse appends a Parse message with no parameter types.

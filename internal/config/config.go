@@ -18,6 +18,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pgtoken/pgtoken/authn"
 )
 
 // Config is the whole configuration file.
@@ -387,23 +389,7 @@ func (c *Config) Validate() error {
 // validSettingPath reports whether s is a custom setting name Postgres
 // accepts: dot-separated ASCII identifiers, at least two.
 func validSettingPath(s string) bool {
-	parts := strings.Split(s, ".")
-	if len(parts) < 2 {
-		return false
-	}
-	for _, p := range parts {
-		if p == "" {
-			return false
-		}
-		for i := 0; i < len(p); i++ {
-			c := p[i]
-			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || i > 0 && (c >= '0' && c <= '9' || c == '$')
-			if !ok {
-				return false
-			}
-		}
-	}
-	return true
+	return strings.Contains(s, ".") && authn.ValidSettingName(s)
 }
 
 // redactErr keeps a DSN parse error from echoing the DSN (which may hold a
