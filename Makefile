@@ -40,7 +40,8 @@ fuzz:
 
 ## demo: a throwaway Postgres with demo roles and RLS data, pgtoken in front, and a psql line to paste.
 demo:
-	$(GO) run ./internal/demo
+	@$(GO) build -o bin/pgtoken-demo ./internal/demo
+	@exec bin/pgtoken-demo
 
 ## docs: regenerate docs/CONFIG.md from the code's defaults.
 docs:

@@ -81,6 +81,9 @@ func run(port int) error {
 	cfg.JWT.AllowedRoles = config.StringList{"web_anon", "web_user", "web_admin"}
 	cfg.JWT.AnonRole = "web_anon"
 	cfg.Claims.JSON = "request.jwt.claims"
+	cfg.AdminRoles = config.StringList{"web_admin"}
+	metricsAddr := "127.0.0.1:" + strconv.Itoa(freePort(9187))
+	cfg.MetricsListen = metricsAddr
 	log, err := app.NewLogger("info", "console")
 	if err != nil {
 		return err
@@ -108,25 +111,31 @@ func run(port int) error {
 	}
 	p := a.Port()
 	fmt.Printf(`
-pgtoken demo is running: pgtoken on 127.0.0.1:%d in front of a throwaway Postgres on 127.0.0.1:%d.
+pgtoken demo is running: pgtoken on 127.0.0.1:%[1]d in front of a throwaway Postgres on 127.0.0.1:%[2]d.
 Each todo belongs to a user; row-level security shows a token only its own rows.
 
 Paste in another terminal (alice, a web_user, sees her 3 todos):
 
-  PGPASSWORD='%s' psql "host=127.0.0.1 port=%d dbname=app user=anyone"
+  PGPASSWORD='%[3]s' psql "host=127.0.0.1 port=%[1]d dbname=app user=anyone"
 
 then try:   select * from todos;   select * from whoami();   set role web_admin;
 
 bob (a web_user):
-  PGPASSWORD='%s' psql "host=127.0.0.1 port=%d dbname=app user=anyone"
+  PGPASSWORD='%[4]s' psql "host=127.0.0.1 port=%[1]d dbname=app user=anyone"
 an admin (web_admin sees every row):
-  PGPASSWORD='%s' psql "host=127.0.0.1 port=%d dbname=app user=anyone"
+  PGPASSWORD='%[5]s' psql "host=127.0.0.1 port=%[1]d dbname=app user=anyone"
+the admin console, with the admin's token (SHOW POOLS; SHOW CLIENTS; SHOW STATS; SHOW HELP):
+  PGPASSWORD='%[5]s' psql "host=127.0.0.1 port=%[1]d dbname=pgtoken user=anyone"
+
+Metrics: curl http://%[7]s/metrics   (also /healthz and /readyz)
 
 Mint more tokens with the demo's key:
-  go run ./cmd/pgtoken mint --key %s --claims '{"role":"web_user","sub":"carol"}' --ttl 1h
+  go run ./cmd/pgtoken mint --key %[6]s --claims '{"role":"web_user","sub":"carol"}' --ttl 1h
 
-Tokens last 8 hours. Ctrl-C stops the demo and removes everything.
-`, p, pg.Port, alice, p, bob, p, admin, p, keyFile)
+Tokens last 8 hours. After 5 failed logins from one address pgtoken refuses
+that address for 30 s (limits.auth_backoff), valid tokens included.
+Ctrl-C stops the demo and removes everything.
+`, p, pg.Port, alice, bob, admin, keyFile, metricsAddr)
 	<-ctx.Done()
 	fmt.Println("\nstopping ...")
 	return nil

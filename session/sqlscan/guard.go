@@ -36,7 +36,7 @@ const (
 	reasonSessionAuth    = "SET SESSION AUTHORIZATION is not allowed through pgtoken: the role comes from the token"
 	reasonResetAll       = "RESET ALL is only handled by pgtoken as a query of its own; send it without other statements"
 	reasonDiscard        = "DISCARD is only handled by pgtoken as a query of its own; send it without other statements"
-	reasonDo             = "DO blocks are not allowed through pgtoken"
+	reasonDo             = "DO blocks are not allowed through pgtoken (PL/pgSQL EXECUTE could build any statement; guard.allow_do lets them through)"
 	reasonSCS            = "standard_conforming_strings cannot be turned off through pgtoken"
 	reasonSetConfigArg   = "set_config is only allowed through pgtoken with a string literal as the setting name"
 	reasonSQLText        = "functions that run SQL text are only allowed through pgtoken with a string literal query"
