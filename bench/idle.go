@@ -192,10 +192,11 @@ type profileResult struct {
 }
 
 // cpuProfile runs a fresh pgtoken with --cpuprofile under -S (-M simple
-// -c 32 unless -profile-mode/-profile-clients say otherwise) and returns
+// -c 32 unless -profile-mode/-profile-clients/-profile-connect say
+// otherwise) and returns
 // the top of the profile.
 func (h *harness) cpuProfile(ctx context.Context) (res *profileResult, err error) {
-	c := benchConfig{Script: "select", Mode: h.o.profMode, Clients: h.o.profClients}
+	c := benchConfig{Script: "select", Mode: h.o.profMode, Clients: h.o.profClients, Connect: h.o.profConnect}
 	secs := max(h.o.duration, 10)
 	logf("CPU profile of pgtoken under %s for %ds", c.Label(), secs)
 	prof := filepath.Join(h.outDir(), h.o.name+"-cpu.prof")

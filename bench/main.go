@@ -47,6 +47,7 @@ type options struct {
 	rerender    string // a results JSON to report again instead of running
 	profClients int    // clients of the profiled load
 	profMode    string // query mode of the profiled load
+	profConnect bool   // profile -C (a new connection per transaction)
 	godebug     string // GODEBUG for pgtoken (e.g. gctrace=1)
 	pgtokenEnv  []string
 }
@@ -78,6 +79,7 @@ func parseOptions(args []string) (options, error) {
 	fs.StringVar(&o.bouncerAut, "pgbouncer-auth", "scram-sha-256", "PgBouncer's auth_type for clients (scram-sha-256, md5, plain)")
 	fs.IntVar(&o.profClients, "profile-clients", 32, "clients of the profiled load")
 	fs.StringVar(&o.profMode, "profile-mode", "simple", "query mode of the profiled load")
+	fs.BoolVar(&o.profConnect, "profile-connect", false, "profile -C (a new connection, so a login, per transaction) instead")
 	fs.StringVar(&o.godebug, "pgtoken-godebug", "", "GODEBUG for pgtoken, e.g. gctrace=1 (its gc lines are counted in the profile phase)")
 	var pgtokenEnv string
 	fs.StringVar(&pgtokenEnv, "pgtoken-env", "", "extra environment for pgtoken, comma-separated KEY=VALUE (e.g. GOMAXPROCS=1)")
