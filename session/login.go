@@ -135,6 +135,10 @@ func (s *Server) authFailed(reason string, err error) error {
 	return err
 }
 
+// maxDrainedPassword is the largest oversized password message read to its
+// end before it is refused (see startup).
+const maxDrainedPassword = 16 << 20
+
 // errQuietClose ends a connection that needs no answer (a CancelRequest).
 var errQuietClose = errors.New("closed without answer")
 
@@ -244,7 +248,7 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 	if _, err := conn.Write(wire.MsgAuthCleartext); err != nil {
 		return nil, nil, err
 	}
-	typ, _, err := r.Next()
+	typ, n, err := r.Next()
 	if err != nil {
 		if errors.Is(err, wire.ErrBadLength) {
 			return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid password packet")
@@ -257,6 +261,13 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 	body, err := r.Body()
 	if err != nil {
 		if errors.Is(err, wire.ErrMessageTooLarge) {
+			// Read the rest of a moderately oversized password (in pieces,
+			// under the startup deadline) before refusing it: closing with
+			// unread bytes makes the kernel reset the connection, and the
+			// client would see "connection reset" instead of the FATAL.
+			if n <= maxDrainedPassword {
+				_ = r.Skip()
+			}
 			return nil, nil, s.authFailed(AuthMalformed, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is larger than %d bytes", s.cfg.MaxPasswordBytes))
 		}
 		return nil, nil, err
