@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,11 +15,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/testpg"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testpg.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testpg.Main(m) }
 
 func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -38,19 +33,7 @@ func rows(t testing.TB, c *pgconn.PgConn, sql string) [][]string {
 	return flatten(res)
 }
 
-func flatten(res []*pgconn.Result) [][]string {
-	var out [][]string
-	for _, r := range res {
-		for _, row := range r.Rows {
-			var cols []string
-			for _, v := range row {
-				cols = append(cols, string(v))
-			}
-			out = append(out, cols)
-		}
-	}
-	return out
-}
+func flatten(res []*pgconn.Result) [][]string { return testpg.TextRows(res) }
 
 func pgErr(err error) *pgconn.PgError {
 	var pe *pgconn.PgError

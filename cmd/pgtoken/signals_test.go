@@ -22,11 +22,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/testpg"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testpg.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testpg.Main(m) }
 
 // syncBuffer collects a process's output for the test to read while it runs.
 type syncBuffer struct {

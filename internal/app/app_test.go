@@ -38,11 +38,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/testpg"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testpg.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testpg.Main(m) }
 
 func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -56,17 +52,7 @@ func exec(t testing.TB, c *pgconn.PgConn, sql string) [][]string {
 	if err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
-	var out [][]string
-	for _, r := range res {
-		for _, row := range r.Rows {
-			var cols []string
-			for _, v := range row {
-				cols = append(cols, string(v))
-			}
-			out = append(out, cols)
-		}
-	}
-	return out
+	return testpg.TextRows(res)
 }
 
 func sqlstate(err error) string {

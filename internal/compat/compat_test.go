@@ -23,11 +23,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/testpg"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testpg.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testpg.Main(m) }
 
 // identSQL asks the server who runs this statement: the role and the sub
 // claim ("<none>" when unset).

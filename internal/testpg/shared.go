@@ -59,6 +59,14 @@ func Shared(tb testing.TB) *Cluster {
 	return shared
 }
 
+// Main runs a test binary's tests, stops its shared cluster and exits with
+// the tests' status: the TestMain of every package that uses Shared.
+func Main(m *testing.M) {
+	code := m.Run()
+	StopShared()
+	os.Exit(code)
+}
+
 // StopShared stops and removes the shared cluster, if one was started. It
 // reports a failure on stderr, since it runs after the tests.
 func StopShared() {

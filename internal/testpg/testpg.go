@@ -465,6 +465,11 @@ func (c *Cluster) QueryRows(ctx context.Context, db, sql string) ([][]string, er
 	if err != nil {
 		return nil, err
 	}
+	return TextRows(results), nil
+}
+
+// TextRows returns the rows of every result as text; NULL becomes "".
+func TextRows(results []*pgconn.Result) [][]string {
 	var rows [][]string
 	for _, r := range results {
 		for _, row := range r.Rows {
@@ -475,7 +480,7 @@ func (c *Cluster) QueryRows(ctx context.Context, db, sql string) ([][]string, er
 			rows = append(rows, out)
 		}
 	}
-	return rows, nil
+	return rows
 }
 
 func (c *Cluster) exec(ctx context.Context, db, sql string) ([]*pgconn.Result, error) {

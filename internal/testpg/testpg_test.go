@@ -22,10 +22,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/testpg"
 )
 
-func TestMain(m *testing.M) {
-	defer testpg.StopShared()
-	m.Run()
-}
+func TestMain(m *testing.M) { testpg.Main(m) }
 
 // schemaFile is the demo schema, relative to this package.
 var schemaFile = filepath.Join("..", "..", "testdata", "sql", "schema.sql")
