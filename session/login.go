@@ -326,6 +326,7 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 	sess.cond = sync.NewCond(&sess.mu)
 	sess.log = a.log.With(zap.String("sub", ident.Sub), zap.String("role", ident.Role), zap.String("jti", ident.JTI))
 	r.SetLimit(s.cfg.MaxMessage)
+	r.ReleaseWhenIdle(s.readBufs) // an idle client holds no read buffer
 	if sess.pool, err = s.poolFor(db); err != nil {
 		return sess, nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,6 +113,21 @@ func inPgtoken(stk []uintptr) bool {
 		if !more {
 			return false
 		}
+	}
+}
+
+// writeHeapProfile writes the heap profile as of the last collection to
+// file (PGTOKEN_HEAPPROFILE, in-process runs only: pgtoken and the test's
+// clients share the heap; go tool pprof -focus=pgtoken/session tells them
+// apart).
+func writeHeapProfile(t *testing.T, file string) {
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -368,6 +384,9 @@ func manyClients(t *testing.T, n, poolSize, active, rounds int, bin string) {
 		t.Fatalf("%d clients did not answer with their own identity", wrong.Load())
 	}
 	after := readMem()
+	if f := os.Getenv("PGTOKEN_HEAPPROFILE"); f != "" && tg.env != nil {
+		writeHeapProfile(t, f)
+	}
 	per := func(a, b int64) string { return fmt.Sprintf("%.1f kB", float64(b-a)/float64(n)/1024) }
 	t.Logf("%d clients on a pool of %d: logged in in %s; %d×%d statements, %d clients at a time, in %s (%.0f/s)",
 		n, poolSize, loginTook.Round(time.Millisecond), n, rounds, active, queryTook.Round(time.Millisecond), float64(n*rounds)/queryTook.Seconds())

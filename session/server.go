@@ -119,10 +119,11 @@ type Server struct {
 	logins  map[uint32]net.Conn
 	nextID  atomic.Uint32
 
-	conns    atomic.Int64 // accepted connections, logging in or not
-	backoff  authBackoff  // failed logins per client address (backoff.go)
-	roles    roleState    // upstream role attributes per pool (roles.go)
-	draining atomic.Bool  // Shutdown or Close began: no new sessions or transactions
+	conns    atomic.Int64     // accepted connections, logging in or not
+	readBufs *wire.BufferPool // client read buffers, lent only while bytes wait in them
+	backoff  authBackoff      // failed logins per client address (backoff.go)
+	roles    roleState        // upstream role attributes per pool (roles.go)
+	draining atomic.Bool      // Shutdown or Close began: no new sessions or transactions
 
 	lnMu      sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -204,6 +205,7 @@ func NewServer(cfg Config) (*Server, error) {
 		clients:   map[uint32]*client{},
 		logins:    map[uint32]net.Conn{},
 		listeners: map[net.Listener]struct{}{},
+		readBufs:  wire.NewBufferPool(clientReadBuffer),
 		ctx:       ctx,
 		stop:      stop,
 	}

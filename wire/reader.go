@@ -35,6 +35,8 @@ type Reader struct {
 	typ  byte
 	n    int  // body length of the current message
 	have bool // a header has been consumed and its body not yet
+
+	idle *idleRead // set by ReleaseWhenIdle
 }
 
 // NewReader returns a Reader with an initial buffer of size bytes that
@@ -71,7 +73,14 @@ func (r *Reader) fill(n int) error {
 		r.start = 0
 	}
 	for r.end-r.start < n {
-		m, err := r.r.Read(r.buf[r.end:])
+		var m int
+		var err error
+		if r.idle != nil && r.start == r.end && len(r.buf) == r.base {
+			r.start, r.end = 0, 0
+			m, err = r.idle.read(r)
+		} else {
+			m, err = r.r.Read(r.buf[r.end:])
+		}
 		r.end += m
 		if err != nil {
 			if r.end-r.start >= n {
@@ -94,13 +103,20 @@ func (r *Reader) grow(n int) {
 	nb := make([]byte, n)
 	r.end = copy(nb, r.buf[r.start:r.end])
 	r.start = 0
+	if r.idle != nil {
+		r.idle.release(r.buf)
+	}
 	r.buf = nb
 }
 
 // shrink returns an oversized buffer to its base size once it is drained.
 func (r *Reader) shrink() {
 	if len(r.buf) > r.base && r.start == r.end {
-		r.buf = make([]byte, r.base)
+		if r.idle != nil {
+			r.idle.get()
+		} else {
+			r.buf = make([]byte, r.base)
+		}
 		r.start, r.end = 0, 0
 	}
 }
