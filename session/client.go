@@ -928,8 +928,8 @@ func (st *clientStmt) kindOf() sqlscan.Kind {
 // answers are swallowed; an error reaches the client and the server skips
 // the client's messages up to Sync. Under mu.
 func (s *Session) appendExtendedPrelude(c *pool.Conn) {
-	if name := s.pre.stmtName; !c.Prepared[name] {
-		c.W.AppendBytes(s.pre.parse)
+	if name := s.pre.stmt.name; !c.Prepared[name] {
+		c.W.AppendBytes(s.pre.stmt.parse)
 		c.Prepared[name] = true // later preludes in this batch must not Parse again
 		s.q.push(unit{kind: uParse, own: ownPrelude, done: func(err *wire.Error) {
 			if err != nil {
@@ -946,9 +946,7 @@ func (s *Session) appendExtendedPrelude(c *pool.Conn) {
 	}
 	// The client's unnamed portal is live in this batch: bind the prelude
 	// into a portal of its own and close it.
-	c.W.AppendBytes(s.pre.bindNamed)
-	c.W.AppendBytes(s.pre.executeNamed)
-	c.W.AppendBytes(s.pre.closeNamed)
+	c.W.AppendBytes(s.pre.appendNamed(nil))
 	s.q.push(unit{kind: uBind, own: ownPrelude})
 	s.q.push(unit{kind: uExecute, own: ownPrelude})
 	s.q.push(unit{kind: uClose, own: ownPrelude})

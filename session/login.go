@@ -298,7 +298,7 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 		con, err := s.openConsole(a, entry, r, ident, params, secure)
 		return nil, con, err
 	}
-	pre, err := newPrelude(ident)
+	pre, err := newPrelude(ident, &s.preludeStmts)
 	if err != nil {
 		s.obs.AuthFailed(AuthMalformed)
 		return nil, nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,

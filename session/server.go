@@ -119,11 +119,12 @@ type Server struct {
 	logins  map[uint32]net.Conn
 	nextID  atomic.Uint32
 
-	conns    atomic.Int64     // accepted connections, logging in or not
-	readBufs *wire.BufferPool // client read buffers, lent only while bytes wait in them
-	backoff  authBackoff      // failed logins per client address (backoff.go)
-	roles    roleState        // upstream role attributes per pool (roles.go)
-	draining atomic.Bool      // Shutdown or Close began: no new sessions or transactions
+	conns        atomic.Int64     // accepted connections, logging in or not
+	readBufs     *wire.BufferPool // client read buffers, lent only while bytes wait in them
+	preludeStmts preludeStmts     // the extended prelude's statement per number of settings
+	backoff      authBackoff      // failed logins per client address (backoff.go)
+	roles        roleState        // upstream role attributes per pool (roles.go)
+	draining     atomic.Bool      // Shutdown or Close began: no new sessions or transactions
 
 	lnMu      sync.Mutex
 	listeners map[net.Listener]struct{}

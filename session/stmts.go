@@ -472,7 +472,7 @@ func (s *Session) outsideTransaction(c *pool.Conn, frame []byte) error {
 	var failed *wire.Error
 	beginQuery(c)
 	at := c.W.Begin('Q')
-	c.W.AppendCString(s.pre.sessionSet)
+	c.W.AppendCString(s.pre.sessionSet())
 	c.W.End(at)
 	s.q.push(unit{kind: uQuery, own: ownPrelude, done: func(err *wire.Error) { failed = err }})
 	s.pending++
@@ -511,7 +511,7 @@ func (s *Session) outsideTransaction(c *pool.Conn, frame []byte) error {
 	s.q.push(unit{kind: uQuery})
 	s.pending++
 	s.unnamedStmt = nil
-	s.maintQuery(c, s.pre.sessionReset, nil, func(err *wire.Error) {
+	s.maintQuery(c, s.pre.sessionReset(), nil, func(err *wire.Error) {
 		if err != nil {
 			s.log.Warn("resetting the session identity failed; dropping the server connection", zap.String("message", err.Message))
 			s.detach(c)
