@@ -827,6 +827,35 @@ func scanSettings(row pgx.Row) (pid string, s settingsRow, err error) {
 	return pid, s, err
 }
 
+// nextClientsSeeDefaults opens two fresh clients, each holding a
+// transaction so that they take different server connections, and checks
+// that both see the server's defaults (baseline), not any earlier client's
+// settings.
+func nextClientsSeeDefaults(t *testing.T, ctx context.Context, env *pgtest.Env, baseline settingsRow, when string) {
+	t.Helper()
+	var pids []string
+	for i := range 2 {
+		c := connectPgx(t, env, "web_user", "next", nil)
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback(ctx) }()
+		pid, got, err := scanSettings(tx.QueryRow(ctx, settingsSQL))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got.sub = ""
+		if got != baseline {
+			t.Errorf("%s: next client %d on server connection %s: %+v, want the defaults %+v", when, i, pid, got, baseline)
+		}
+		pids = append(pids, pid)
+	}
+	if pids[0] == pids[1] {
+		t.Fatalf("%s: two open transactions on server connection %s", when, pids[0])
+	}
+}
+
 // TestPgxSessionSettingsFollowTheClient: a client's startup parameters
 // (application_name, TimeZone, options -c) and a session-level SET hold in
 // each of its transactions, on either server connection, and a fresh
@@ -953,35 +982,11 @@ func TestPgxSessionSettingsFollowTheClient(t *testing.T) {
 
 	// Fresh clients, one per server connection while a is still logged
 	// in, and again after it leaves, see the defaults.
-	next := func(when string) {
-		t.Helper()
-		var pids []string
-		for i := range 2 {
-			c := connectPgx(t, env, "web_user", "next", nil)
-			tx, err := c.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = tx.Rollback(ctx) }()
-			pid, got, err := scanSettings(tx.QueryRow(ctx, settingsSQL))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got.sub = ""
-			if got != baseline {
-				t.Errorf("%s: next client %d on server connection %s: %+v, want the defaults %+v", when, i, pid, got, baseline)
-			}
-			pids = append(pids, pid)
-		}
-		if pids[0] == pids[1] {
-			t.Fatalf("two open transactions on server connection %s", pids[0])
-		}
-	}
-	next("client still logged in")
+	nextClientsSeeDefaults(t, ctx, env, baseline, "client still logged in")
 	if err := a.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	next("client gone")
+	nextClientsSeeDefaults(t, ctx, env, baseline, "client gone")
 }
 
 // TestPgxCopyConcurrentWithQueries: copies and queries from more clients

@@ -341,27 +341,7 @@ rm -f "$COMPAT_DIR/ack"
 	}
 
 	// The next clients, one on each server connection, see the defaults.
-	var pids []string
-	for range 2 {
-		c := connectPgx(t, env, "web_user", "next", nil)
-		tx, err := c.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = tx.Rollback(ctx) }()
-		pid, got, err := scanSettings(tx.QueryRow(ctx, settingsSQL))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got.sub = ""
-		if got != baseline {
-			t.Errorf("next client on server connection %s: %+v, want the defaults %+v", pid, got, baseline)
-		}
-		pids = append(pids, pid)
-	}
-	if pids[0] == pids[1] {
-		t.Fatalf("two open transactions on server connection %s", pids[0])
-	}
+	nextClientsSeeDefaults(t, ctx, env, baseline, "after psql")
 }
 
 // TestPsqlCancel: Ctrl-C (SIGINT) during a long query makes psql send a
