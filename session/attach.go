@@ -1,215 +1,150 @@
 package session
 
 import (
-	"errors"
+	"context"
 	"maps"
 	"sort"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/pgtoken/pgtoken/session/pool"
+	"github.com/pgtoken/pgtoken/session/tracker"
 	"github.com/pgtoken/pgtoken/wire"
 )
 
-// claim returns the server connection this client's next message goes to,
-// taking one from the pool when none is attached (fresh is then true). On
-// success mu is held and the client goroutine owns conn.W until endBatch.
-func (s *Session) claim() (c *pool.Conn, fresh bool, err error) {
-	s.mu.Lock()
-	for {
-		if s.conn != nil && !s.maint {
-			s.writing = true
-			s.wconn = s.conn
-			return s.conn, false, nil
-		}
-		if s.conn != nil {
-			s.cond.Wait() // upkeep runs; it ends in release or a ready conn
-			continue
-		}
-		if s.lostBatch {
-			// The conn broke mid-batch: the rest of the batch must not
-			// start on a new one (it would run without its prelude).
-			s.mu.Unlock()
-			return nil, false, errLostBatch
-		}
-		s.mu.Unlock()
-		c, err := s.srv.acquire(s.ctx, s.pool)
-		if err != nil {
-			return nil, false, err
-		}
-		s.mu.Lock()
-		if !s.attach(c) {
-			// The server closed it as it left the pool: take another.
-			s.pool.Discard(c)
-			continue
-		}
-		s.writing = true
-		s.wconn = c
-		return c, true, nil
-	}
+// Purposes of units whose completion the session acts on (handleDone).
+const (
+	pOwnParse      tracker.Purpose = iota + 1 // Parse of one of pgtoken's statements (ownParseRef)
+	pStmtParse                                // pgtoken's Parse of a client's named statement (stmtRef)
+	pUnnamedParse                             // pgtoken's Parse of the client's unnamed statement (stmtRef)
+	pClientParse                              // the client's own named Parse (stmtRef)
+	pClientUnnamed                            // the client's own unnamed Parse (stmtRef)
+	pLocalParse                               // ParseComplete answered locally for a statement the conn has (stmtRef)
+	pCloseStmt                                // CloseComplete answered locally: forget the statement (string)
+	pSQLPrepare                               // SQL PREPARE (stmtRef)
+	pSQLReprepare                             // pgtoken's PREPARE before an EXECUTE on a conn that lacked it (stmtRef)
+	pUse                                      // the client's Bind, Describe or Execute of a statement (useRef)
+	pCapture                                  // session settings read back (*pool.Conn)
+	pOutside                                  // a step of a statement run outside a transaction (*outsideState)
+	pOutsideReset                             // its identity reset (*pool.Conn)
+	pEnd                                      // the rollback or DISCARD ALL after the client left (*pool.Conn)
+	pCheck                                    // login: startup settings checked by the server (*checkState)
+)
+
+type ownParseRef struct {
+	c    *pool.Conn
+	name string
 }
 
-// errLostBatch is claim's answer while the client is still sending the rest
-// of a batch whose server connection broke.
-var errLostBatch = errors.New("batch lost with its server connection")
-
-// attach makes c this session's server connection (under mu); claimUnit
-// brings its settings in line with the client's. It fails when c broke before
-// the session was attached: its reader goroutine may have ended without
-// seeing the session, so nobody would ever answer for it. (The reader marks
-// the conn dead before it looks for a session to tell, and attach looks
-// after attaching, so one of the two always sees the other.)
-func (s *Session) attach(c *pool.Conn) bool {
-	c.Attach(s)
-	if c.Dead() {
-		c.Detach() // a ServerGone the reader may still send finds s.conn != c
-		return false
-	}
-	s.conn = c
-	s.status = 'I'
-	s.pending = 0
-	s.midBatch = false
-	s.skipping = false
-	s.cmpl = 0
-	s.errored = false
-	s.q.clear()
-	return true
+type stmtRef struct {
+	c    *pool.Conn
+	st   *clientStmt
+	name string // the client's name for it
 }
 
-// syncParams queues, as pgtoken's own query, whatever it takes to make c's
-// session-level settings equal the client's. It rides in the same write as
-// the client's message; its answers are swallowed.
-func (s *Session) syncParams(c *pool.Conn) {
-	if maps.Equal(c.Params, s.params) {
+type useRef struct {
+	c      *pool.Conn
+	server string // pgtoken's name on the server, "" for the unnamed statement
+	gen    uint64 // the unnamed statement's generation
+}
+
+// useOf describes the statement a Bind, Describe or Execute uses.
+func useOf(c *pool.Conn, st *clientStmt) any {
+	if st == nil {
+		return nil
+	}
+	return useRef{c: c, server: st.server, gen: st.gen}
+}
+
+// stickyWork is what a server connection needs before this client's
+// transaction may use it: the hand-over reset, and the client's session
+// settings set for the session (replayed under the client's role, after
+// its prelude).
+type stickyWork struct {
+	reset  bool
+	replay []string // setting names, sorted
+	values map[string]string
+}
+
+// stickyWork works out what c needs (under mu): the reset when the tracker
+// says so or when c has settings this client does not want, and a replay
+// of whatever the client's settings and c's differ in.
+func (s *Session) stickyWork(c *pool.Conn, reset bool) stickyWork {
+	w := stickyWork{reset: reset, values: s.params}
+	if !reset {
+		for name := range c.Params {
+			if _, ok := s.params[name]; !ok {
+				w.reset = true
+				break
+			}
+		}
+	}
+	for name, v := range s.params {
+		if cur, ok := c.Params[name]; w.reset || !ok || cur != v {
+			w.replay = append(w.replay, name)
+		}
+	}
+	sort.Strings(w.replay)
+	return w
+}
+
+// args encodes the replay's Bind parameters.
+func (w stickyWork) args() []byte {
+	vals := make([]string, 0, 2*len(w.replay))
+	for _, n := range w.replay {
+		vals = append(vals, n, w.values[n])
+	}
+	return bindArgs(vals)
+}
+
+// afterSticky notes that w was queued on c (under mu): c is taken to hold
+// the client's settings, and the tracker waits for the transaction that
+// carries them to commit.
+func (s *Session) afterSticky(c *pool.Conn, w stickyWork) {
+	if !w.reset && len(w.replay) == 0 {
 		return
+	}
+	s.t.Sticky()
+	c.Params = maps.Clone(s.params)
+	if c.Params == nil {
+		c.Params = map[string]string{}
+	}
+}
+
+// simplePrelude returns the text that goes in front of a client's Query
+// text (or after a cut in it) and how many statements it holds: the reset
+// when due, the prelude, and the settings replay (under mu).
+func (s *Session) simplePrelude(c *pool.Conn, reset bool) (string, int) {
+	w := s.stickyWork(c, reset)
+	if !w.reset && len(w.replay) == 0 {
+		return s.pre.simple, s.pre.statements
 	}
 	var b strings.Builder
-	b.WriteString("SELECT ")
-	first := true
-	item := func(name, value string, reset bool) {
-		if !first {
-			b.WriteByte(',')
-		}
-		first = false
-		b.WriteString("pg_catalog.set_config(")
-		writeLiteral(&b, name)
-		b.WriteByte(',')
-		if reset {
-			b.WriteString("NULL")
-		} else {
-			writeLiteral(&b, value)
-		}
-		b.WriteString(",false)")
+	n := s.pre.statements
+	if w.reset {
+		b.WriteString(resetText)
+		n += resetCount
 	}
-	for _, name := range sortedKeys(s.params) {
-		if v, ok := c.Params[name]; !ok || v != s.params[name] {
-			item(name, s.params[name], false)
-		}
+	b.WriteString(s.pre.simple)
+	if len(w.replay) > 0 {
+		b.WriteString(replayText(w.replay, w.values))
+		n++
 	}
-	for _, name := range sortedKeys(c.Params) {
-		if _, ok := s.params[name]; !ok {
-			item(name, "", true)
-		}
-	}
-	want := maps.Clone(s.params)
-	s.maintQuery(c, b.String(), nil, func(err *wire.Error) {
-		if err != nil {
-			// Unknown state: force a full resync next time.
-			c.Params = map[string]string{"\x00unknown": ""}
-			return
-		}
-		c.Params = want
-	})
+	s.afterSticky(c, w)
+	return b.String(), n
 }
 
-// maintQuery queues and writes one of pgtoken's own queries on c (under mu;
-// the caller owns c.W).
-func (s *Session) maintQuery(c *pool.Conn, sql string, collect func([]byte), done func(*wire.Error)) {
-	beginQuery(c)
-	at := c.W.Begin('Q')
-	c.W.AppendCString(sql)
-	c.W.End(at)
-	s.q.push(unit{kind: uQuery, own: ownMaint, collect: collect, done: done})
-	s.pending++
-}
-
-// beginQuery notes that a simple Query is about to go to c: Postgres drops
-// the unnamed statement on every Query.
-func beginQuery(c *pool.Conn) {
-	c.UnnamedOwner = 0
-}
-
-// maybeRelease gives the conn back to the pool once the client's
-// transaction is over and nothing is in flight (under mu). In session mode
-// the conn stays until the client leaves.
-func (s *Session) maybeRelease() {
-	c := s.conn
-	if c == nil || s.pending > 0 || s.midBatch || s.writing || s.maint || s.cancelling > 0 || s.hold {
+// capturePipelined queues, right behind a Query or batch that may end the
+// client's transaction, a read-back of its session settings when it
+// changed them, so they follow it to other server connections (under mu).
+// A read-back that runs inside a transaction is tentative and is done
+// again once the transaction may have ended.
+func (s *Session) capturePipelined(c *pool.Conn) {
+	if !s.capture || !s.t.MayBeIdle() {
 		return
 	}
-	if s.status != 'I' {
-		if s.ended {
-			s.upkeep(c, "ROLLBACK", nil)
-		}
-		return
-	}
-	if s.srv.cfg.Mode == ModeSession && !s.ended {
-		s.pool.NoteTransaction(0) // session mode: a transaction ended (metrics, SHOW STATS)
-		return
-	}
-	if s.capture && !s.ended {
-		s.startCapture(c)
-		return
-	}
-	if s.srv.cfg.Mode == ModeSession && !s.reset {
-		// Leave nothing of this client behind: DISCARD ALL resets settings,
-		// drops prepared statements, temp tables, locks and LISTENs.
-		s.upkeep(c, "DISCARD ALL", func() {
-			s.reset = true
-			clear(c.Params)
-			clear(c.Prepared)
-		})
-		return
-	}
-	s.detach(c)
-	s.srv.release(s.pool, c)
-}
-
-// detach forgets the conn (under mu).
-func (s *Session) detach(c *pool.Conn) {
-	s.conn = nil
-	s.q.clear()
-	c.Detach()
-	s.cond.Broadcast()
-}
-
-// upkeep runs one of pgtoken's own statements on an otherwise idle conn,
-// writing from whichever goroutine noticed the conn went idle (under mu),
-// and then tries the release again.
-func (s *Session) upkeep(c *pool.Conn, sql string, after func()) {
-	s.maint = true
-	s.maintQuery(c, sql, nil, func(err *wire.Error) {
-		s.maint = false
-		if err != nil {
-			s.detach(c)
-			s.pool.Discard(c)
-			return
-		}
-		if after != nil {
-			after()
-		}
-		s.cond.Broadcast()
-	})
-	if err := c.Flush(); err != nil {
-		s.log.Debug("upkeep write failed", zap.Error(err))
-	}
-}
-
-// startCapture reads back the session-level settings after a transaction in
-// which the client ran SET (or RESET, or set_config(..., false)), so they
-// follow the client to other server connections.
-func (s *Session) startCapture(c *pool.Conn) {
 	var b strings.Builder
 	b.WriteString("SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'")
 	names := sortedKeys(s.custom)
@@ -230,73 +165,148 @@ func (s *Session) startCapture(c *pool.Conn) {
 		}
 		b.WriteString(") v(n)")
 	}
+	beginQuery(c)
+	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Collect: true, Purpose: pCapture, Ref: c})
+	c.W.Query(b.String())
+}
+
+// captured applies a settings read-back (under mu).
+func (s *Session) captured(c *pool.Conn, d tracker.Done) {
+	if d.Err != nil {
+		if d.Err != tracker.ErrSkipped && d.Err != tracker.ErrLost && d.Err.Code != "25P02" {
+			s.log.Warn("reading back session settings failed", zap.String("sqlstate", d.Err.Code), zap.String("message", d.Err.Message))
+		}
+		return
+	}
+	if d.Status != 'I' || s.t.ResetPending() {
+		// Inside a transaction that may still roll back, or on a conn
+		// whose reset rolled back (so it holds another client's
+		// settings, not this one's): read again later.
+		return
+	}
 	got := map[string]string{}
-	collect := func(row []byte) {
-		if name, value, ok := twoTextColumns(row); ok && value != "" {
-			// pg_settings spells some names in mixed case (TimeZone);
-			// settings are keyed by lowercase name everywhere.
-			got[strings.ToLower(name)] = value
+	for _, row := range d.Rows {
+		name, value, ok := twoTextColumns(row)
+		if !ok || value == "" {
+			continue
 		}
+		// pg_settings spells some names in mixed case (TimeZone);
+		// settings are keyed by lowercase name everywhere.
+		name = strings.ToLower(name)
+		if s.srv.cfg.Policy.CheckSetting(name, value) != "" {
+			continue // the identity pgtoken set, never a client setting
+		}
+		got[name] = value
 	}
-	s.maint = true
+	s.params = got
 	s.capture = false
-	clear(s.custom)
-	s.maintQuery(c, b.String(), collect, func(err *wire.Error) {
-		s.maint = false
-		if err != nil {
-			s.log.Warn("reading back session settings failed", zap.String("message", err.Message))
-			s.detach(c)
-			s.pool.Discard(c)
-			return
-		}
-		s.params = got
+	if s.conn == c {
 		c.Params = maps.Clone(got)
-		s.cond.Broadcast()
-	})
-	if err := c.Flush(); err != nil {
-		s.log.Debug("capture write failed", zap.Error(err))
 	}
 }
 
-// endBatch is called by the client goroutine before it blocks on the client:
-// it writes what it queued for the server, lets the conn go if the
-// transaction is over, and flushes the client output.
-func (s *Session) endBatch() error {
-	if c := s.wconn; c != nil {
-		s.wconn = nil
-		if err := c.Flush(); err != nil {
-			s.log.Debug("write to server failed", zap.Error(err))
-		}
-		s.mu.Lock()
-		s.writing = false
-		if s.conn == c {
-			s.maybeRelease()
-		}
-		s.mu.Unlock()
+// closeStale closes, first thing on c, the statements Postgres reported
+// stale, so they are parsed again when next used (under mu, at a point
+// where the server runs what it is sent: outside any failed batch).
+func (s *Session) closeStale(c *pool.Conn) {
+	for _, name := range c.Stale {
+		s.t.Push(tracker.Unit{Kind: tracker.Close, Own: tracker.OwnMaint})
+		c.W.Target('C', 'S', name)
 	}
-	return s.flushClient()
+	c.Stale = c.Stale[:0]
 }
 
-// waitQuiet flushes pending writes and waits until every answer on the
-// attached conn is in (or the conn is gone), so the next decision rests on
-// the server's reported transaction status.
+// stale reports whether an error says a prepared statement's plan or types
+// no longer match the database (after ALTER TABLE, or a type dropped and
+// made again); Postgres keeps failing it until it is prepared again.
+func stale(e *wire.Error) bool {
+	switch e.Code {
+	case wire.CodeFeatureNotSupported:
+		return strings.Contains(e.Message, "cached plan must not change result type")
+	case wire.CodeInternal:
+		return strings.HasPrefix(e.Message, "cache lookup failed for type")
+	}
+	return false
+}
+
+// maybeRelease gives the conn back to the pool once the client's
+// transaction is over and nothing is in flight (under mu). In session mode
+// the conn stays until the client leaves and is made clean.
+func (s *Session) maybeRelease() {
+	c := s.conn
+	if c == nil || s.writing || s.cancelling || s.hold || !s.t.Idle() || !c.Drained() {
+		return // the reader goroutine tries again once drained (ServerIdle)
+	}
+	if s.srv.cfg.Mode == ModeSession && !s.ended {
+		return
+	}
+	s.letGo(c, false)
+}
+
+// letGo detaches the conn and gives it back to the pool, or closes it when
+// discard is set or its state is in doubt (under mu).
+func (s *Session) letGo(c *pool.Conn, discard bool) {
+	clean := s.t.Detach(tracker.ErrLost)
+	s.handleDone()
+	s.conn = nil
+	c.Detach()
+	switch {
+	case s.wiped:
+		c.Owner = 0
+	case clean:
+		c.Owner = uint64(s.id)
+	default:
+		c.Owner = pool.OwnerUnknown
+	}
+	s.cond.Broadcast()
+	if discard || c.CancelUncertain {
+		s.pool.Discard(c)
+		return
+	}
+	s.srv.release(s.pool, c)
+}
+
+// kill drops a conn that still runs something of this client's: the
+// server is asked to cancel it, so the transaction ends (rolled back) now
+// rather than when the server next writes (under mu).
+func (s *Session) kill(c *pool.Conn) {
+	go func() {
+		ctx, cancel := context.WithTimeout(s.srv.ctx, 5*time.Second)
+		defer cancel()
+		_ = c.Cancel(ctx)
+	}()
+	s.letGo(c, true)
+}
+
+// waitQuiet flushes what was written and waits until every answer on the
+// attached conn is in (or the conn is gone).
 func (s *Session) waitQuiet() {
 	if c := s.wconn; c != nil {
-		s.wconn = nil
-		_ = c.Flush()
-		s.mu.Lock()
-		s.writing = false
-		if s.conn == c {
-			s.maybeRelease()
-		}
-		s.mu.Unlock()
+		s.flushServer(c)
 	}
 	_ = s.flushClient()
 	s.mu.Lock()
-	for s.conn != nil && (s.pending > 0 || s.maint) {
+	for s.conn != nil && !s.t.Quiet() {
 		s.cond.Wait()
 	}
 	s.mu.Unlock()
+}
+
+// deferParse answers a named Parse without the server: it came outside any
+// transaction while no server connection is free. Taking one would make a
+// client that prepares synchronously (pgbench -M prepared, PQprepare) wait
+// for connections that its own other sessions hold inside transactions.
+// The statement is parsed on the server at its first use (ensureStmt).
+func (s *Session) deferParse(name string, st *clientStmt) error {
+	st.deferred, st.name = true, name
+	s.mu.Lock()
+	if s.stmts == nil {
+		s.stmts = map[string]*clientStmt{}
+	}
+	s.stmts[name] = st
+	s.answer(wire.MsgParseComplete, false, 0, nil)
+	s.mu.Unlock()
+	return nil
 }
 
 // twoTextColumns decodes a DataRow body of two non-null text columns.
@@ -312,10 +322,7 @@ func twoTextColumns(b []byte) (string, string, bool) {
 		}
 		n := int(int32(uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])))
 		b = b[4:]
-		if n < 0 {
-			return "", "", false
-		}
-		if len(b) < n {
+		if n < 0 || len(b) < n {
 			return "", "", false
 		}
 		cols[i] = string(b[:n])
@@ -331,4 +338,12 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// answer gives the client bytes pgtoken answers itself, in order with what
+// the server still owes it (rfq adds a ReadyForQuery); purpose and ref
+// come back in a completion once the answer is given (under mu).
+func (s *Session) answer(b []byte, rfq bool, purpose tracker.Purpose, ref any) {
+	s.out.buf = s.t.Answer(s.out.buf, b, rfq, purpose, ref)
+	s.handleDone()
 }

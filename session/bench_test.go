@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtoken/pgtoken/authn"
 	"github.com/pgtoken/pgtoken/session/pool"
+	"github.com/pgtoken/pgtoken/session/tracker"
 	"github.com/pgtoken/pgtoken/wire"
 )
 
@@ -34,7 +35,7 @@ func benchIdentity() *authn.Identity {
 // of the prelude from a verified identity.
 func BenchmarkPreludeBuild(b *testing.B) {
 	id := benchIdentity()
-	var stmts preludeStmts // shared by a Server's sessions
+	stmts := ownStmts{prefix: "pgtoken_prelude_", local: true} // shared by a Server's sessions
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := newPrelude(id, &stmts); err != nil {
@@ -48,7 +49,7 @@ func BenchmarkPreludeBuild(b *testing.B) {
 // connection's write buffer (simple: inside the Query; extended: Bind and
 // Execute of the shared set_config statement before the client's Bind).
 func BenchmarkPreludeAppend(b *testing.B) {
-	pre, err := newPrelude(benchIdentity(), new(preludeStmts))
+	pre, err := newPrelude(benchIdentity(), &ownStmts{prefix: "pgtoken_prelude_", local: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -68,11 +69,10 @@ func BenchmarkPreludeAppend(b *testing.B) {
 	})
 	b.Run("extended", func(b *testing.B) {
 		w := wire.NewWriter(io.Discard, 32<<10)
-		b.SetBytes(int64(len(pre.bind) + len(wire.MsgExecuteUnnamedAll)))
 		b.ReportAllocs()
 		for b.Loop() {
-			w.AppendBytes(pre.bind)
-			w.AppendBytes(wire.MsgExecuteUnnamedAll)
+			w.Bind("", pre.stmt.name, pre.args)
+			w.Execute("")
 			w.Reset(io.Discard)
 		}
 	})
@@ -130,6 +130,7 @@ func transactionAnswer(preludeStmts, rows int) []byte {
 // relaySession is a logged-in session attached to a server connection whose
 // reader is fed from memory and whose client socket discards.
 type relaySession struct {
+	cuts   []tracker.Range
 	s      *Session
 	c      *pool.Conn
 	src    *bytes.Reader
@@ -137,7 +138,7 @@ type relaySession struct {
 }
 
 func newRelaySession(b testing.TB) *relaySession {
-	pre, err := newPrelude(benchIdentity(), new(preludeStmts))
+	pre, err := newPrelude(benchIdentity(), &ownStmts{prefix: "pgtoken_prelude_", local: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -147,11 +148,13 @@ func newRelaySession(b testing.TB) *relaySession {
 		W: wire.NewWriter(io.Discard, pool.DefaultWriteBuffer),
 	}
 	client := &discardConn{}
-	s := &Session{srv: &Server{}, nc: client, log: zap.NewNop(), pre: pre, conn: c, status: 'I'}
+	s := &Session{srv: &Server{}, nc: client, log: zap.NewNop(), pre: pre, conn: c, t: tracker.New(false)}
+	s.t.Attach(false)
 	s.cond = sync.NewCond(&s.mu)
-	// The transaction never ends in a release: this session keeps the conn.
-	s.pending = 1 << 30
-	return &relaySession{s: s, c: c, src: src, client: client}
+	// The transaction never ends in a release: this session keeps the conn
+	// as if its client goroutine were always writing.
+	s.writing = true
+	return &relaySession{s: s, c: c, src: src, client: client, cuts: []tracker.Range{{At: 0, N: len(pre.simple)}}}
 }
 
 // transaction feeds one answer through the handler exactly as the conn's
@@ -160,7 +163,7 @@ func newRelaySession(b testing.TB) *relaySession {
 func (rs *relaySession) transaction(answer []byte) error {
 	s, c := rs.s, rs.c
 	s.mu.Lock()
-	s.q.push(unit{kind: uQuery, skip: s.pre.statements, prefix: len(s.pre.simple)})
+	s.t.Push(tracker.Unit{Kind: tracker.Query, Skip: s.pre.statements, Cuts: rs.cuts})
 	s.mu.Unlock()
 	rs.src.Reset(answer)
 	c.R.Reset(rs.src)

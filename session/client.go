@@ -1,6 +1,7 @@
 package session
 
 import (
+	"context"
 	"errors"
 	"io"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/pgtoken/pgtoken/session/pool"
 	"github.com/pgtoken/pgtoken/session/sqlscan"
+	"github.com/pgtoken/pgtoken/session/tracker"
 	"github.com/pgtoken/pgtoken/wire"
 )
 
@@ -46,7 +48,7 @@ func (s *Session) run() error {
 func (s *Session) dispatch(typ byte, n int) error {
 	switch typ {
 	case 'd', 'c', 'f':
-		return s.onCopy(typ, n)
+		return s.onCopy(n)
 	case 'X':
 		return io.EOF
 	}
@@ -64,9 +66,8 @@ func (s *Session) dispatch(typ byte, n int) error {
 		return s.onExtended(typ, frame)
 	case 'F':
 		return s.onFunctionCall(frame)
-	default:
-		return wire.Fatalf(wire.CodeProtocolViolation, "invalid frontend message type %q", typ)
 	}
+	return wire.Fatalf(wire.CodeProtocolViolation, "invalid frontend message type %q", typ)
 }
 
 // tooLarge refuses a message larger than the limit: its bytes are skipped
@@ -78,9 +79,9 @@ func (s *Session) tooLarge(typ byte, n int) error {
 	e := wire.Errorf(wire.CodeProgramLimitExceeded, "message of %d bytes exceeds pgtoken's limit of %d bytes", n, s.srv.cfg.MaxMessage)
 	switch typ {
 	case 'Q':
-		return s.localError(e, true)
+		return s.refuse(e, true)
 	case 'P', 'B', 'D', 'E', 'C':
-		return s.localError(e, false)
+		return s.refuse(e, false)
 	}
 	return wire.Fatalf(wire.CodeProgramLimitExceeded, "message of %d bytes exceeds pgtoken's limit", n)
 }
@@ -125,9 +126,9 @@ func (s *Session) setIdleDeadline() {
 }
 
 // idleInTransaction reports whether the session holds a server connection
-// inside a transaction with nothing in flight (under mu).
+// inside a transaction (or a batch) with nothing in flight (under mu).
 func (s *Session) idleInTransaction() bool {
-	return s.conn != nil && s.pending == 0 && s.q.len() == 0 && s.status != 'I'
+	return s.conn != nil && s.t.Settled() && (s.t.Status() != 'I' || s.t.InBatch())
 }
 
 // idleFrom is when the client went idle: its last message or the last
@@ -155,18 +156,22 @@ func (s *Session) idleWakeup(err error) bool {
 }
 
 // checkTokenLifetime ends a session whose token has expired once it is
-// between transactions; a transaction in flight completes. (claimUnit checks
-// again where a transaction starts.)
+// between transactions; a transaction in flight completes (within
+// jwt.leeway, see expire).
 func (s *Session) checkTokenLifetime() error {
 	if !s.expired() {
 		return nil
 	}
 	s.mu.Lock()
-	between := s.conn == nil || (s.pending == 0 && s.status == 'I' && !s.midBatch)
+	between := !s.t.InTransaction() && s.t.Quiet()
 	s.mu.Unlock()
 	if !between {
 		return nil
 	}
+	return errTokenExpired()
+}
+
+func errTokenExpired() *wire.Error {
 	return wire.Fatalf(wire.CodeInvalidAuthorization, "token expired")
 }
 
@@ -185,13 +190,161 @@ func text(b []byte) string {
 	return unsafe.String(&b[0], len(b))
 }
 
+// claim returns the server connection this client's next message goes to,
+// taking one from the pool when none is attached. On success the client
+// goroutine owns conn.W until endBatch (writing is set); mu is not held.
+func (s *Session) claim() (*pool.Conn, error) {
+	s.mu.Lock()
+	if c := s.conn; c != nil {
+		s.writing = true
+		s.mu.Unlock()
+		s.wconn = c
+		return c, nil
+	}
+	if s.t.Dropping() {
+		s.mu.Unlock()
+		return nil, errLostBatch
+	}
+	s.mu.Unlock()
+	for {
+		c, err := s.acquire()
+		if err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		if !s.attach(c) {
+			// The server closed it as it left the pool: take another.
+			s.mu.Unlock()
+			s.pool.Discard(c)
+			continue
+		}
+		s.writing = true
+		fence := c.CancelSent && c.Owner != uint64(s.id)
+		c.CancelSent = false
+		if fence {
+			// A cancel request for another client may still be on its
+			// way to this server process: let it hit a statement of
+			// pgtoken's own.
+			s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint})
+			c.W.Query("SELECT 1")
+		}
+		s.closeStale(c)
+		s.mu.Unlock()
+		s.wconn = c
+		return c, nil
+	}
+}
+
+// acquire waits for a server connection; a cancel request from the client
+// ends the wait with 57014, as Postgres cancels a statement.
+func (s *Session) acquire() (*pool.Conn, error) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	s.mu.Lock()
+	s.acquiring = cancel
+	s.mu.Unlock()
+	c, err := s.srv.acquire(ctx, s.pool)
+	s.mu.Lock()
+	s.acquiring = nil
+	s.mu.Unlock()
+	cancelled := ctx.Err() != nil && s.ctx.Err() == nil
+	cancel()
+	if err != nil && cancelled {
+		return nil, errQueryCanceled()
+	}
+	return c, err
+}
+
+func errQueryCanceled() *wire.Error {
+	return wire.Errorf("57014", "canceling statement due to user request")
+}
+
+// errLostBatch is claim's answer while the client is still sending the rest
+// of a batch that failed locally or whose server connection broke.
+var errLostBatch = errors.New("batch lost with its server connection")
+
+// attach makes c this session's server connection (under mu). It fails
+// when c broke before the session was attached: its reader goroutine may
+// have ended without seeing the session, so nobody would ever answer for
+// it. (The reader marks the conn dead before it looks for a session to
+// tell, and attach looks after attaching, so one of the two always sees
+// the other.)
+func (s *Session) attach(c *pool.Conn) bool {
+	c.Attach(s)
+	if c.Dead() {
+		c.Detach() // a ServerGone the reader may still send finds s.conn != c
+		return false
+	}
+	s.conn = c
+	s.t.Attach(c.Owner != 0 && c.Owner != uint64(s.id))
+	s.unnamedPortalLive = false
+	return true
+}
+
+// endBatch is called by the client goroutine before it blocks on the client:
+// it writes what it queued for the server, lets the conn go if the
+// transaction is over, and flushes the client output.
+func (s *Session) endBatch() error {
+	if c := s.wconn; c != nil {
+		s.wconn = nil
+		if err := c.Flush(); err != nil {
+			s.log.Debug("write to server failed", zap.Error(err))
+		}
+		s.mu.Lock()
+		s.writing = false
+		if s.conn == c {
+			s.maybeRelease()
+		}
+		s.mu.Unlock()
+	}
+	return s.flushClient()
+}
+
+// flushServer writes what the client goroutine queued for c.
+func (s *Session) flushServer(c *pool.Conn) {
+	if err := c.Flush(); err != nil {
+		s.log.Debug("write to server failed", zap.Error(err))
+	}
+}
+
+// waitFor flushes c and the client output and waits until ready (under
+// mu) reports true or c is gone; mu is held on return. A Sync that pgtoken
+// owes is sent meanwhile.
+func (s *Session) waitFor(c *pool.Conn, ready func() bool) {
+	s.mu.Unlock()
+	s.flushServer(c)
+	_ = s.flushClient()
+	s.mu.Lock()
+	for s.conn == c && !ready() {
+		if s.t.SyncOwed() {
+			s.t.Push(tracker.Unit{Kind: tracker.Sync})
+			s.mu.Unlock()
+			_, _ = c.W.Write(wire.MsgSync)
+			s.flushServer(c)
+			s.mu.Lock()
+			continue
+		}
+		s.cond.Wait()
+	}
+}
+
+// settled reports whether the answers the tracker waits for are in.
+func (s *Session) settled() bool { return s.t.Settled() && !s.t.SyncOwed() }
+
+// unbarred reports whether no barrier unit is unanswered.
+func (s *Session) unbarred() bool { return !s.t.Barred() && !s.t.SyncOwed() }
+
 // onQuery handles a simple Query.
 func (s *Session) onQuery(frame []byte) error {
 	s.pool.NoteQuery() // metrics and SHOW STATS: one atomic add
-	body := frame[5:]
-	q, ok := wire.QueryText(body)
+	q, ok := wire.QueryText(frame[5:])
 	if !ok {
 		return wire.Fatalf(wire.CodeProtocolViolation, "malformed Query message")
+	}
+	s.mu.Lock()
+	dropping := s.t.Dropping()
+	s.mu.Unlock()
+	if dropping {
+		return nil // inside a failed batch Postgres ignores it until Sync
 	}
 	sql := text(q)
 	s.scan = sqlscan.Split(sql, s.scan[:0])
@@ -209,153 +362,121 @@ func (s *Session) onQuery(frame []byte) error {
 	if e := s.notInTransactionMode(stmts); e != nil {
 		return s.refuse(e, true)
 	}
-	cuts, err := planCuts(sql, stmts, s.cuts[:0])
-	if err != nil {
-		return s.refuse(err.(*wire.Error), true)
+	if err := checkCuts(sql, stmts); err != nil {
+		return s.refuse(err, true)
 	}
-	s.cuts = cuts
 	if s.takeTxLost() {
 		return s.localError(errTxLost(), true)
 	}
-	c, err := s.claimUnit()
+	c, err := s.claim()
 	if err != nil {
-		return s.localError(acquireError(err), true)
+		return s.claimFailed(err, true)
 	}
-	base := s.unitBase
-	if base == 'I' && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
-		return s.outsideTransaction(c, frame)
-	}
-	needPrelude := base == 'I'
-	u := unit{kind: uQuery}
+	s.mu.Lock()
+	var r sqlRewrite
 	if k := stmts[0].Kind; len(stmts) == 1 && (k == sqlscan.KindPrepare || k == sqlscan.KindExecute) {
-		r, werr := s.sqlPrepared(c, sql, &stmts[0])
-		if werr != nil {
+		var werr *wire.Error
+		if r, werr = s.sqlPrepared(c, sql, &stmts[0]); werr != nil {
 			s.mu.Unlock()
 			return s.refuse(werr, true)
 		}
 		if r.local {
+			s.answer(wire.AppendCommandComplete(nil, "PREPARE"), true, 0, nil)
 			s.mu.Unlock()
-			return s.localAnswer(wire.AppendCommandComplete(nil, "PREPARE"), true)
+			return nil
 		}
-		sql, cuts, u.done, u.noPosition = r.text, nil, r.done, true
-		u.skip = r.own
+	}
+	var step tracker.Step
+	for {
+		if s.conn != c {
+			s.mu.Unlock()
+			return s.localError(errLost(), true)
+		}
+		step, s.cuts = s.t.Query(stmts, s.cuts[:0])
+		if !step.Wait {
+			break
+		}
+		s.waitFor(c, s.settled)
+	}
+	if step.Prelude != tracker.NoPrelude && s.expired() {
+		s.mu.Unlock()
+		return errTokenExpired() // a new transaction under an expired token
+	}
+	s.newUnit(step)
+	s.closeStale(c)
+	if step.Prelude != tracker.NoPrelude && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
+		return s.outsideTransaction(c, frame, step) // releases mu
+	}
+	u := tracker.Unit{Kind: tracker.Query}
+	if r.stmt.st != nil {
+		u.NoPosition = true
+		switch {
+		case r.exec == "":
+			// PREPARE: the prelude goes as bound statements, in the same
+			// transaction, so that the stored statement text holds nothing
+			// but the client's statement (pg_prepared_statements shows
+			// the whole Query text).
+			s.extendedPrelude(c, step)
+			u.Purpose, u.Ref, u.Barrier = pSQLPrepare, r.stmt, step.Prelude != tracker.NoPrelude
+			beginQuery(c)
+			s.t.Push(u)
+			c.W.Query(r.prepare)
+			if u.Barrier {
+				s.waitFor(c, s.unbarred)
+			}
+			s.mu.Unlock()
+			return nil
+		case r.prepare != "":
+			// EXECUTE on a conn that lacks the statement: PREPARE it first,
+			// in a transaction of its own that has the prelude.
+			s.extendedPrelude(c, step)
+			beginQuery(c)
+			s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnPrelude, NoPosition: true, Purpose: pSQLReprepare, Ref: r.stmt})
+			c.W.Query(r.prepare)
+			u.Barrier = step.Prelude != tracker.NoPrelude
+		}
+		sql = r.exec
 	}
 	beginQuery(c)
 	s.unnamedStmt = nil // as on a direct connection: a Query drops it
-	w := c.W
-	at := w.Begin('Q')
-	if needPrelude {
-		w.AppendString(s.pre.simple)
-		u.skip += s.pre.statements
-		u.prefix = len(s.pre.simple)
+	at := c.W.Begin('Q')
+	s.appendQueryText(c, step, sql, stmts, &u)
+	c.W.AppendBytes([]byte{0})
+	c.W.End(at)
+	s.t.Push(u)
+	s.noteSettings(sql, stmts)
+	s.capturePipelined(c)
+	if u.Barrier {
+		s.waitFor(c, s.unbarred)
 	}
-	s.appendInjected(w, sql, cuts, &u)
-	w.AppendBytes([]byte{0})
-	w.End(at)
-	s.q.push(u)
-	s.pending++
-	s.noteSettings(stmts)
-	s.predicted = predict(base, stmts)
 	s.mu.Unlock()
 	return nil
 }
 
-// claimUnit claims the server connection for a Query or the first message of
-// a batch and settles how that unit starts (under mu on success): it waits
-// out answers in flight when the transaction status cannot be predicted
-// safely, and at a transaction's start brings the connection's settings in
-// line with the client's and forgets the portals of the last transaction.
-// s.unitBase is the status the unit starts from.
-func (s *Session) claimUnit() (*pool.Conn, error) {
-	c, _, err := s.claim()
-	if err != nil {
-		return nil, err
-	}
-	base, wait := s.baseStatus()
-	if wait {
-		s.mu.Unlock()
-		s.waitQuiet()
-		if c, _, err = s.claim(); err != nil {
-			return nil, err
-		}
-		base, _ = s.baseStatus()
-	}
+// newUnit notes, at a Query or the first message of a batch, what starts
+// with it (under mu).
+func (s *Session) newUnit(step tracker.Step) {
 	s.batchGen++
-	s.unitBase = base
-	if base == 'I' && s.expired() {
-		// A new transaction under an expired token: the session ends (a
-		// transaction in flight was allowed to complete).
-		s.mu.Unlock()
-		return nil, wire.Fatalf(wire.CodeInvalidAuthorization, "token expired")
-	}
-	if base == 'I' {
-		s.syncParams(c)
+	if step.Prelude != tracker.NoPrelude {
 		clear(s.portals)
 		s.unnamedPortalLive = false
 	}
-	return c, nil
 }
 
-// cut is a place in a Query's text where the prelude goes again: after a
-// statement that ends the transaction when more follows it (or when it
-// chains a new transaction), since Postgres runs whatever follows a COMMIT
-// in the same string in a new transaction, without the settings.
-type cut struct {
-	at    int  // byte offset in the client's text
-	semi  bool // the text ended without ';': one is added before the prelude
-	stmts int  // client statements before the cut
-}
-
-// planCuts finds the cuts of a Query. It fails when it cannot be sure where
-// a statement ends; the query is then refused rather than risk a statement
-// running without the prelude.
-func planCuts(sql string, stmts []sqlscan.Statement, dst []cut) ([]cut, error) {
+// checkCuts refuses a Query in which the lexer cannot tell where a
+// transaction-ending statement ends, rather than risk a statement running
+// without the prelude.
+func checkCuts(sql string, stmts []sqlscan.Statement) *wire.Error {
 	for i := range stmts {
 		st := &stmts[i]
-		if !txEnds(st.Kind) || (i == len(stmts)-1 && st.Flags&sqlscan.FlagChain == 0) {
-			continue
-		}
-		at := terminator(sql, st.End)
-		switch at {
-		case -2:
-			return nil, wire.Errorf(wire.CodeSyntaxError, "pgtoken could not tell where a transaction-ending statement ends; send it as a query of its own")
-		case -1:
-			dst = append(dst, cut{at: len(sql), semi: true, stmts: i + 1})
-		default:
-			dst = append(dst, cut{at: at, stmts: i + 1})
+		switch st.Kind {
+		case sqlscan.KindCommit, sqlscan.KindRollback, sqlscan.KindPrepareTransaction:
+			if terminator(sql, st.End) == -2 {
+				return wire.Errorf(wire.CodeSyntaxError, "pgtoken could not tell where a transaction-ending statement ends; send it as a query of its own")
+			}
 		}
 	}
-	return dst, nil
-}
-
-// appendInjected appends the client's text with the prelude at each cut,
-// and records in u which statements and characters are pgtoken's.
-func (s *Session) appendInjected(w *wire.Writer, sql string, cuts []cut, u *unit) {
-	if len(cuts) == 0 {
-		w.AppendString(sql)
-		return
-	}
-	plan := &queryPlan{}
-	if u.skip > 0 {
-		plan.segs = append(plan.segs, planSeg{own: true, n: u.skip})
-		plan.cuts = append(plan.cuts, charRange{at: 0, n: u.prefix})
-	}
-	last, done, chars := 0, 0, u.prefix
-	for _, c := range cuts {
-		w.AppendString(sql[last:c.at])
-		chars += utf8.RuneCountInString(sql[last:c.at])
-		inject := s.pre.simple
-		if c.semi {
-			inject = ";" + inject
-		}
-		w.AppendString(inject)
-		plan.segs = append(plan.segs, planSeg{own: false, n: c.stmts - done}, planSeg{own: true, n: s.pre.statements})
-		plan.cuts = append(plan.cuts, charRange{at: chars, n: len(inject)})
-		chars += len(inject)
-		last, done = c.at, c.stmts
-	}
-	w.AppendString(sql[last:])
-	u.plan = plan
+	return nil
 }
 
 // terminator returns the offset just past the ';' that ends the statement
@@ -373,37 +494,72 @@ func terminator(sql string, end int) int {
 	return -2
 }
 
-// baseStatus returns the transaction status the next message starts from
-// (under mu): the server's last report when nothing is in flight, else what
-// the messages in flight should leave. wait is true when that prediction
-// is not safe to rely on (inside a transaction, where an error would leave
-// it aborted), so the caller must wait for the answers first.
-func (s *Session) baseStatus() (st byte, wait bool) {
-	if s.pending == 0 && !s.midBatch {
-		return s.status, false
+// appendQueryText appends the text of a Query: the prelude (with the reset
+// and the settings replay when due) in front when the tracker says so,
+// the client's text, and the prelude again after each cut. u learns which
+// completions and characters are pgtoken's (under mu).
+func (s *Session) appendQueryText(c *pool.Conn, step tracker.Step, sql string, stmts []sqlscan.Statement, u *tracker.Unit) {
+	var pre string
+	var preStmts int
+	if step.Prelude != tracker.NoPrelude || len(s.cuts) > 0 {
+		pre, preStmts = s.simplePrelude(c, step.Reset)
 	}
-	if s.midBatch {
-		return s.status, false // same batch: the caller does not decide here
+	chars := 0
+	if step.Prelude != tracker.NoPrelude {
+		c.W.AppendString(pre)
+		u.Segs = append(u.Segs, tracker.Seg{Own: true, N: preStmts})
+		u.Cuts = append(u.Cuts, tracker.Range{At: 0, N: len(pre)})
+		chars = len(pre)
 	}
-	return s.predicted, s.predicted != 'I'
+	last, done := 0, 0
+	for _, i := range s.cuts {
+		at := terminator(sql, stmts[i].End)
+		inject := pre
+		if at == -1 {
+			at = len(sql)
+			inject = ";" + pre
+		}
+		c.W.AppendString(sql[last:at])
+		c.W.AppendString(inject)
+		chars += utf8.RuneCountInString(sql[last:at])
+		u.Segs = append(u.Segs, tracker.Seg{N: i + 1 - done}, tracker.Seg{Own: true, N: preStmts})
+		u.Cuts = append(u.Cuts, tracker.Range{At: chars, N: len(inject)})
+		chars += len(inject)
+		last, done = at, i+1
+	}
+	c.W.AppendString(sql[last:])
+	if len(u.Segs) > 0 {
+		u.Segs = append(u.Segs, tracker.Seg{N: len(stmts) - done})
+	}
 }
 
-// noteSettings remembers that the client changed session-level settings, so
-// they are read back when the transaction ends (under mu).
-func (s *Session) noteSettings(stmts []sqlscan.Statement) {
+// noteSettings remembers that the client changed session-level settings,
+// so they are read back once the transaction may have ended (under mu).
+func (s *Session) noteSettings(sql string, stmts []sqlscan.Statement) {
 	for i := range stmts {
 		st := &stmts[i]
 		switch {
-		case st.Kind == sqlscan.KindSet || st.Kind == sqlscan.KindReset || st.Flags&sqlscan.FlagSessionSetConfig != 0:
+		case st.Kind == sqlscan.KindSet || st.Kind == sqlscan.KindReset:
 			s.capture = true
-			if strings.Contains(st.Name, ".") {
-				if s.custom == nil {
-					s.custom = map[string]bool{}
-				}
-				s.custom[strings.Clone(strings.ToLower(st.Name))] = true // Name may alias the read buffer
+			s.noteCustom(st.Name)
+		case st.Flags&sqlscan.FlagSessionSetConfig != 0:
+			s.capture = true
+			for _, n := range sqlscan.SetConfigNames(sql, st) {
+				s.noteCustom(n)
 			}
 		}
 	}
+}
+
+// noteCustom remembers a placeholder setting's name (under mu).
+func (s *Session) noteCustom(name string) {
+	if !strings.Contains(name, ".") {
+		return
+	}
+	if s.custom == nil {
+		s.custom = map[string]bool{}
+	}
+	s.custom[strings.ToLower(name)] = true // ToLower copies: name may alias the read buffer
 }
 
 // notInTransactionMode refuses what cannot work when transactions of one
@@ -437,42 +593,6 @@ func (s *Session) notInTransactionMode(stmts []sqlscan.Statement) *wire.Error {
 	return nil
 }
 
-// batchLost reports whether the server connection broke in the middle of
-// the client's current batch (under mu).
-func (s *Session) batchLost() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.lostBatch
-}
-
-// inBatch reports whether extended messages were sent since the last Sync.
-func (s *Session) inBatch() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.midBatch
-}
-
-// dropUntilSync drops the rest of a batch that failed locally or lost its
-// server connection; its Sync is answered with ReadyForQuery, as Postgres
-// does after an error.
-func (s *Session) dropUntilSync(typ byte) error {
-	if typ != 'S' {
-		return nil
-	}
-	s.mu.Lock()
-	s.lostBatch = false
-	s.mu.Unlock()
-	s.skipUntilSync = false
-	return s.localAnswer(nil, true)
-}
-
-// attached reports whether a server connection is attached.
-func (s *Session) attached() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conn != nil
-}
-
 // takeTxLost reports (once) that the server connection broke while the
 // client sat inside a transaction.
 func (s *Session) takeTxLost() bool {
@@ -488,6 +608,13 @@ func (s *Session) takeTxLost() bool {
 func errTxLost() *wire.Error {
 	return wire.Errorf(wire.CodeConnectionFailure, "pgtoken: the server connection was lost; the open transaction was rolled back").
 		WithHint("Start the transaction again.")
+}
+
+// errLost is what the client hears about a message whose server
+// connection broke before it was sent.
+func errLost() *wire.Error {
+	return wire.Errorf(wire.CodeConnectionFailure, "pgtoken: the server connection was lost; the statement did not run").
+		WithHint("Retry the transaction; pgtoken opens a new server connection for it.")
 }
 
 // guardError is the error for a statement the guard refused.
@@ -511,44 +638,53 @@ func acquireError(err error) error {
 	return err
 }
 
-// refuse answers a refused Query (simple) or Parse (extended). When no
-// server connection is involved the answer is local; inside a transaction
-// a harmless statement that fails to parse goes to the server so the
-// transaction ends up aborted exactly as after any error, and the server's
-// error is replaced with the refusal.
+// claimFailed answers a message for which no server connection could be
+// had.
+func (s *Session) claimFailed(err error, simple bool) error {
+	if errors.Is(err, errLostBatch) {
+		return nil // dropped with the rest of its batch
+	}
+	return s.localError(acquireError(err), simple)
+}
+
+// refuse answers a refused Query (simple) or extended-protocol message.
+// When the client has no transaction or batch open on a server connection
+// the answer is local; otherwise a harmless statement that fails to parse
+// goes to the server, so the transaction (or batch) ends up failed exactly
+// as after any error, and the server's error is replaced with the refusal.
 func (s *Session) refuse(e *wire.Error, simple bool) error {
 	s.mu.Lock()
-	attached := s.conn != nil && (s.status != 'I' || s.pending > 0 || s.midBatch)
+	onServer := s.conn != nil && (s.t.InTransaction() || !s.t.Quiet())
 	s.mu.Unlock()
-	if !attached {
+	if !onServer {
 		return s.localError(e, simple)
 	}
-	c, _, err := s.claim()
+	c, err := s.claim()
 	if err != nil {
-		return s.localError(acquireError(err), simple)
+		return s.claimFailed(err, simple)
 	}
-	if s.skipping && !simple {
-		s.mu.Unlock()
-		return nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if s.conn != c {
+			s.mu.Unlock()
+			err := s.localError(e, simple)
+			s.mu.Lock()
+			return err
+		}
+		if !s.t.Failing(simple).Wait {
+			break
+		}
+		s.waitFor(c, s.settled)
 	}
-	const bogus = "pgtoken refused this statement"
 	if simple {
 		beginQuery(c)
-		at := c.W.Begin('Q')
-		c.W.AppendCString(bogus)
-		c.W.End(at)
-		s.q.push(unit{kind: uQuery, rewrite: e})
-		s.pending++
-	} else {
-		at := c.W.Begin('P')
-		c.W.AppendCString("")
-		c.W.AppendCString(bogus)
-		c.W.AppendInt16(0)
-		c.W.End(at)
-		s.q.push(unit{kind: uParse, rewrite: e})
-		s.midBatch = true
+		s.t.Push(tracker.Unit{Kind: tracker.Query, Rewrite: e})
+		c.W.Query(refusedText)
+		return nil
 	}
-	s.mu.Unlock()
+	s.t.Push(tracker.Unit{Kind: tracker.Parse, Rewrite: e})
+	c.W.Parse("", refusedText, nil)
 	return nil
 }
 
@@ -560,411 +696,44 @@ func (s *Session) localError(err error, simple bool) error {
 	if wire.IsFatal(err) {
 		return err
 	}
-	if !simple {
-		s.skipUntilSync = true
-	}
-	resp := wire.ToResponse(err)
-	b, encErr := resp.Encode(nil)
-	if encErr != nil {
-		return encErr
-	}
 	if we := (*wire.Error)(nil); !errors.As(err, &we) {
 		s.log.Error("internal error", zap.Error(err))
 	}
-	return s.localAnswer(b, simple)
+	b, encErr := wire.ToResponse(err).Encode(nil)
+	if encErr != nil {
+		return encErr
+	}
+	s.mu.Lock()
+	if !simple {
+		s.t.DropBatch()
+	}
+	s.answer(b, simple, 0, nil)
+	s.mu.Unlock()
+	return nil
 }
 
 // localAnswer sends bytes pgtoken answers itself, in order with whatever
 // the server still owes the client; rfq adds a ReadyForQuery.
 func (s *Session) localAnswer(b []byte, rfq bool) error {
-	return s.localAnswerApply(b, rfq, nil)
-}
-
-// localAnswerApply is localAnswer with an effect that happens when the
-// answer is given — not if an earlier error in the batch means Postgres
-// would have skipped the message.
-func (s *Session) localAnswerApply(b []byte, rfq bool, apply func()) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.q.len() == 0 {
-		if s.skipping && !rfq {
-			return nil
-		}
-		s.out = append(s.out, b...)
-		if rfq {
-			r := wire.ReadyForQuery(s.localStatus())
-			s.out = append(s.out, r[:]...)
-		}
-		if apply != nil {
-			apply()
-		}
-		return nil
-	}
-	u := unit{kind: uLocal, local: append([]byte(nil), b...), rfq: rfq}
-	if apply != nil {
-		u.done = func(err *wire.Error) {
-			if err == nil {
-				apply()
-			}
-		}
-	}
-	s.q.push(u)
-	if rfq {
-		s.pending++
-	}
-	return nil
-}
-
-// onExtended handles Parse, Bind, Describe, Execute, Close, Flush and Sync.
-func (s *Session) onExtended(typ byte, frame []byte) error {
-	if s.skipUntilSync || s.batchLost() {
-		return s.dropUntilSync(typ)
-	}
-	body := frame[5:]
-	var m extMsg
-	if err := s.readExtended(typ, body, &m); err != nil {
-		return err
-	}
-	if m.wait {
-		// A Parse reuses the name of a statement whose own Parse is still
-		// unanswered: whether the name is free depends on that answer.
-		s.waitQuiet()
-		m = extMsg{}
-		if err := s.readExtended(typ, body, &m); err != nil {
-			return err
-		}
-	}
-	if m.refuse != nil {
-		return s.refuse(m.refuse, false)
-	}
-	if m.local != nil {
-		return s.localAnswerApply(m.local, false, m.apply)
-	}
-	if typ == 'H' || typ == 'S' {
-		s.mu.Lock()
-		idle := s.conn == nil && !s.midBatch
-		s.mu.Unlock()
-		if idle {
-			if typ == 'S' {
-				return s.localAnswer(nil, true)
-			}
-			return nil
-		}
-	}
-	mid := s.inBatch()
-	if !mid && s.takeTxLost() {
-		return s.localError(errTxLost(), typ == 'S')
-	}
-	if typ == 'P' && len(m.name) > 0 && !mid && !s.attached() && !s.pool.Available() {
-		return s.deferParse(string(m.name), m.stmt)
-	}
-	var c *pool.Conn
-	var err error
-	if mid {
-		c, _, err = s.claim()
-	} else {
-		c, err = s.claimUnit()
-		if err == nil {
-			s.preludePending = s.unitBase == 'I'
-			s.chainOpen = false
-			s.predicted = s.unitBase
-		}
-	}
-	if errors.Is(err, errLostBatch) {
-		return s.dropUntilSync(typ)
-	}
-	if err != nil {
-		return s.localError(acquireError(err), typ == 'S')
-	}
-	if s.skipping {
-		// The server ignores everything up to Sync; so do the answers.
-		if typ != 'S' {
-			s.mu.Unlock()
-			_, err := c.W.Write(frame)
-			return toServer(c, err)
-		}
-		s.skipping = false
-	}
-	if s.preludePending {
-		switch {
-		case typ == 'S':
-			// The batch opened a transaction (BEGIN, or COMMIT AND CHAIN)
-			// and ran nothing else in it yet: the prelude goes in before
-			// Sync, or the transaction's later batches would run without it.
-			if s.predicted == 'T' {
-				s.appendExtendedPrelude(c)
-			}
-			s.preludePending = false
-		case typ == 'P' || typ == 'B' || typ == 'D' || typ == 'E':
-			if !needsNoRole(m.stmt.kindOf()) {
-				s.appendExtendedPrelude(c)
-				s.preludePending = false
-			}
-		}
-	}
-	switch typ {
-	case 'P':
-		s.clientParse(c, string(m.name), m.stmt)
-	case 'B':
-		if werr := s.ensureStmt(c, m.stmt); werr != nil {
-			s.mu.Unlock()
-			return s.refuse(werr, false)
-		}
-		if m.stmt.server == "" {
-			_, err = c.W.Write(frame)
-		} else {
-			rewriteBind(c, body, m.portal, m.stmt.server)
-		}
-		s.setPortal(m.portal, m.stmt)
-		if len(m.portal) == 0 {
-			s.unnamedPortalLive = true
-		}
-		s.q.push(unit{kind: uBind})
-	case 'D':
-		if !m.describePortal {
-			if werr := s.ensureStmt(c, m.stmt); werr != nil {
-				s.mu.Unlock()
-				return s.refuse(werr, false)
-			}
-			if m.stmt.server == "" {
-				_, err = c.W.Write(frame)
-			} else {
-				rewriteDescribeStmt(c, m.stmt.server)
-			}
-			s.q.push(unit{kind: uDescribeS})
-		} else {
-			_, err = c.W.Write(frame)
-			s.q.push(unit{kind: uDescribeP})
-		}
-	case 'E':
-		_, err = c.W.Write(frame)
-		s.q.push(unit{kind: uExecute})
-		s.afterExecute(m.stmt)
-	case 'C':
-		_, err = c.W.Write(frame)
-		s.q.push(unit{kind: uClose})
-	case 'H':
-		_, err = c.W.Write(frame)
-	case 'S':
-		_, err = c.W.Write(frame)
-		s.q.push(unit{kind: uSync})
-		s.pending++
-	}
-	if typ == 'S' {
-		s.midBatch = false
-	} else if typ != 'H' {
-		s.midBatch = true
-	}
+	s.answer(b, rfq, 0, nil)
 	s.mu.Unlock()
-	return toServer(c, err)
-}
-
-// extMsg is what onExtended learned from one extended-protocol message
-// before touching any server connection.
-type extMsg struct {
-	name, portal   []byte
-	stmt           *clientStmt // Parse: the new statement; Bind/Describe S: the statement; Execute: the portal's statement
-	refuse         *wire.Error // answer with this error (the batch then fails as Postgres would)
-	local          []byte      // answer this without the server
-	describePortal bool        // Describe('P')
-	apply          func()      // run when the local answer is given (not if the batch failed first)
-	wait           bool        // decide only once the answers in flight are in
-}
-
-// readExtended decodes and checks one extended-protocol message.
-func (s *Session) readExtended(typ byte, body []byte, m *extMsg) error {
-	switch typ {
-	case 'P':
-		name, query, ok := wire.ParseHead(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Parse message")
-		}
-		sql := text(query)
-		s.scan = sqlscan.Split(sql, s.scan[:0])
-		if v := s.srv.cfg.Policy.Check(sql, s.scan); v != nil {
-			s.srv.obs.GuardRejected()
-			m.refuse = guardError(v.Reason)
-			return nil
-		}
-		if e := s.notInTransactionMode(s.scan); e != nil {
-			m.refuse = e
-			return nil
-		}
-		for i := range s.scan {
-			switch s.scan[i].Kind {
-			case sqlscan.KindPrepare, sqlscan.KindExecute, sqlscan.KindDeallocate, sqlscan.KindDiscard, sqlscan.KindResetAll:
-				m.refuse = wire.Errorf(wire.CodeFeatureNotSupported,
-					"pgtoken handles PREPARE, EXECUTE, DEALLOCATE, DISCARD and RESET ALL only as simple queries")
-				return nil
-			}
-		}
-		n := text(name)
-		if strings.HasPrefix(n, "pgtoken_") {
-			m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "statement names beginning with pgtoken_ are reserved")
-			return nil
-		}
-		if n != "" {
-			s.mu.Lock()
-			old := s.stmts[n]
-			s.mu.Unlock()
-			switch {
-			case old != nil && old.unconfirmed:
-				m.wait = true
-				return nil
-			case old != nil:
-				m.refuse = wire.Errorf(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", n)
-				return nil
-			}
-		}
-		types := body[len(name)+1+len(query)+1:]
-		st := &clientStmt{text: strings.Clone(sql), types: append([]byte(nil), types...)}
-		if len(s.scan) == 1 {
-			st.kind, st.flags = s.scan[0].Kind, s.scan[0].Flags
-		}
-		if n != "" {
-			st.server = serverStmtName(s.ident.Role, st.types, st.text, "parse")
-		}
-		m.name, m.stmt = name, st
-	case 'B':
-		portal, stmt, ok := wire.BindHead(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Bind message")
-		}
-		m.portal, m.name = portal, stmt
-		if strings.HasPrefix(text(portal), "pgtoken_") {
-			m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "portal names beginning with pgtoken_ are reserved")
-			return nil
-		}
-		if m.stmt = s.lookupStmt(stmt); m.stmt == nil {
-			m.refuse = noSuchStatement(stmt)
-		}
-	case 'D':
-		k, name, ok := wire.TargetName(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Describe message")
-		}
-		if k == 'S' {
-			m.name = name
-			if m.stmt = s.lookupStmt(name); m.stmt == nil {
-				m.refuse = noSuchStatement(name)
-			}
-		} else {
-			m.portal, m.stmt = name, s.portal(name)
-			m.describePortal = true
-		}
-	case 'E':
-		s.pool.NoteQuery() // metrics and SHOW STATS: one atomic add
-		portal, ok := wire.ExecutePortal(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Execute message")
-		}
-		m.portal, m.stmt = portal, s.portal(portal)
-	case 'C':
-		k, name, ok := wire.TargetName(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Close message")
-		}
-		if k == 'S' {
-			// The statement lives in pgtoken: closing it is the client's
-			// business only. Postgres answers CloseComplete even for a name
-			// that does not exist.
-			n := string(name)
-			m.local = wire.MsgCloseComplete
-			m.apply = func() {
-				if n == "" {
-					s.unnamedStmt = nil
-				} else {
-					delete(s.stmts, n)
-				}
-			}
-		}
-	case 'H', 'S':
-	}
 	return nil
-}
-
-func noSuchStatement(name []byte) *wire.Error {
-	if len(name) == 0 {
-		return wire.Errorf(wire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist")
-	}
-	return wire.Errorf(wire.CodeInvalidSQLStatementName, "prepared statement %q does not exist", name)
-}
-
-// afterExecute notes what an executed statement means for the rest of the
-// batch (under mu): after COMMIT or ROLLBACK (or CALL/DO, since a procedure
-// may commit) the next message runs in a new transaction and needs the
-// prelude again.
-func (s *Session) afterExecute(st *clientStmt) {
-	k := st.kindOf()
-	switch {
-	case txEnds(k):
-		s.preludePending = true
-		s.unnamedPortalLive = false // portals end with the transaction
-		s.chainOpen = st.flags&sqlscan.FlagChain != 0
-		if s.chainOpen {
-			s.predicted = 'T'
-		} else {
-			s.predicted = 'I'
-		}
-	case k == sqlscan.KindCall || k == sqlscan.KindDo:
-		s.preludePending = true
-	case k == sqlscan.KindBegin:
-		s.predicted = 'T'
-	}
-	if st != nil && (k == sqlscan.KindSet || k == sqlscan.KindReset || st.flags&sqlscan.FlagSessionSetConfig != 0) {
-		s.capture = true
-	}
-}
-
-func (st *clientStmt) kindOf() sqlscan.Kind {
-	if st == nil {
-		return sqlscan.KindOther
-	}
-	return st.kind
-}
-
-// appendExtendedPrelude writes the extended-protocol prelude: Parse (once per
-// server connection), then Bind and Execute into the unnamed portal. Its
-// answers are swallowed; an error reaches the client and the server skips
-// the client's messages up to Sync. Under mu.
-func (s *Session) appendExtendedPrelude(c *pool.Conn) {
-	if name := s.pre.stmt.name; !c.Prepared[name] {
-		c.W.AppendBytes(s.pre.stmt.parse)
-		c.Prepared[name] = true // later preludes in this batch must not Parse again
-		s.q.push(unit{kind: uParse, own: ownPrelude, done: func(err *wire.Error) {
-			if err != nil {
-				delete(c.Prepared, name)
-			}
-		}})
-	}
-	if !s.unnamedPortalLive {
-		c.W.AppendBytes(s.pre.bind)
-		c.W.AppendBytes(wire.MsgExecuteUnnamedAll)
-		s.q.push(unit{kind: uBind, own: ownPrelude})
-		s.q.push(unit{kind: uExecute, own: ownPrelude})
-		return
-	}
-	// The client's unnamed portal is live in this batch: bind the prelude
-	// into a portal of its own and close it.
-	c.W.AppendBytes(s.pre.appendNamed(nil))
-	s.q.push(unit{kind: uBind, own: ownPrelude})
-	s.q.push(unit{kind: uExecute, own: ownPrelude})
-	s.q.push(unit{kind: uClose, own: ownPrelude})
 }
 
 // onCopy forwards COPY data from the client to the server in a COPY; outside
 // one (after the server ended it with an error, say) Postgres ignores these
 // messages, and so does pgtoken.
-func (s *Session) onCopy(typ byte, n int) error {
+func (s *Session) onCopy(n int) error {
 	s.mu.Lock()
 	c := s.conn
-	if c == nil || s.maint {
+	if c == nil {
 		s.mu.Unlock()
 		return s.cr.Skip()
 	}
 	s.writing = true
-	s.wconn = c
 	s.mu.Unlock()
+	s.wconn = c
 	if n > streamThreshold {
 		return toServer(c, s.cr.Stream(c.W))
 	}
@@ -998,21 +767,48 @@ func (s *Session) onFunctionCall(frame []byte) error {
 	}
 	oid := uint32(body[0])<<24 | uint32(body[1])<<16 | uint32(body[2])<<8 | uint32(body[3])
 	if !largeObjectFunctions[oid] {
-		return s.localError(wire.Errorf(wire.CodeInsufficientPrivilege,
+		return s.refuse(wire.Errorf(wire.CodeInsufficientPrivilege,
 			"pgtoken allows the function-call protocol only for large-object functions (OID %d refused)", oid), true)
 	}
-	c, err := s.claimUnit()
-	if err != nil {
-		return s.localError(acquireError(err), true)
-	}
-	if s.unitBase == 'I' {
-		s.appendExtendedPrelude(c)
-	}
-	s.q.push(unit{kind: uFunc})
-	s.pending++
+	s.mu.Lock()
+	dropping := s.t.Dropping()
 	s.mu.Unlock()
-	_, err = c.W.Write(frame)
-	return toServer(c, err)
+	if dropping {
+		return nil
+	}
+	if s.takeTxLost() {
+		return s.localError(errTxLost(), true)
+	}
+	c, err := s.claim()
+	if err != nil {
+		return s.claimFailed(err, true)
+	}
+	s.mu.Lock()
+	var step tracker.Step
+	for {
+		if s.conn != c {
+			s.mu.Unlock()
+			return s.localError(errLost(), true)
+		}
+		if step = s.t.FuncCall(); !step.Wait {
+			break
+		}
+		s.waitFor(c, s.settled)
+	}
+	if step.Prelude != tracker.NoPrelude && s.expired() {
+		s.mu.Unlock()
+		return errTokenExpired()
+	}
+	s.newUnit(step)
+	s.extendedPrelude(c, step)
+	s.t.Push(tracker.Unit{Kind: tracker.Func, Barrier: step.Barrier})
+	c.W.AppendBytes(frame)
+	s.capturePipelined(c)
+	if step.Barrier {
+		s.waitFor(c, s.unbarred)
+	}
+	s.mu.Unlock()
+	return nil
 }
 
 // largeObjectFunctions are the OIDs of lo_open, lo_close, loread, lowrite,
@@ -1023,22 +819,13 @@ var largeObjectFunctions = map[uint32]bool{
 	964: true, 1004: true, 715: true, 3170: true, 3171: true, 3172: true,
 }
 
-// setPortal remembers which statement a portal runs (client goroutine).
-func (s *Session) setPortal(name []byte, st *clientStmt) {
-	if len(name) == 0 {
-		s.unnamedPortal = st
-		return
-	}
-	if s.portals == nil {
-		s.portals = map[string]*clientStmt{}
-	}
-	s.portals[string(name)] = st
-}
+// refusedText is what goes to the server in place of a statement pgtoken
+// refused inside a transaction: it fails to parse, so the transaction
+// fails as after any error, and runs nothing.
+const refusedText = "pgtoken refused this statement"
 
-// portal returns the statement a portal runs, if known.
-func (s *Session) portal(name []byte) *clientStmt {
-	if len(name) == 0 {
-		return s.unnamedPortal
-	}
-	return s.portals[text(name)]
+// beginQuery notes that a simple Query is about to go to c: Postgres drops
+// the unnamed statement on every Query.
+func beginQuery(c *pool.Conn) {
+	c.UnnamedOwner = 0
 }

@@ -25,13 +25,8 @@ func DebugSessions(srv *Server) string {
 		if s.conn != nil {
 			pid, dead = s.conn.PID, s.conn.Dead()
 		}
-		var units []string
-		for i := 0; i < s.q.len(); i++ {
-			u := s.q.at(i)
-			units = append(units, fmt.Sprintf("%d/%d", u.kind, u.own))
-		}
-		lines = append(lines, fmt.Sprintf("session %d sub=%q conn=%d dead=%v pending=%d midBatch=%v writing=%v maint=%v status=%c skipping=%v lostBatch=%v txLost=%v cancelling=%d hold=%v units=[%s] out=%d",
-			s.id, s.ident.Sub, pid, dead, s.pending, s.midBatch, s.writing, s.maint, s.status, s.skipping, s.lostBatch, s.txLost, s.cancelling, s.hold, strings.Join(units, " "), len(s.out)))
+		lines = append(lines, fmt.Sprintf("session %d sub=%q conn=%d dead=%v status=%c batch=%v writing=%v cancelling=%v hold=%v txLost=%v units=[%s] out=%d",
+			s.id, s.ident.Sub, pid, dead, s.t.Status(), s.t.InBatch(), s.writing, s.cancelling, s.hold, s.txLost, strings.Join(s.t.Unanswered(), " "), len(s.out.buf)))
 		s.mu.Unlock()
 	}
 	sort.Strings(lines)

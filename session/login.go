@@ -17,7 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgtoken/pgtoken/authn"
-	"github.com/pgtoken/pgtoken/session/pool"
+	"github.com/pgtoken/pgtoken/session/tracker"
 	"github.com/pgtoken/pgtoken/wire"
 )
 
@@ -319,9 +319,7 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 		start: time.Now(),
 		ctx:   s.ctx,
 		id:    a.id,
-		// Nothing is in flight yet: the first message starts a transaction.
-		predicted: 'I',
-		status:    'I',
+		t:     tracker.New(s.cfg.Mode == ModeSession),
 	}
 	sess.cond = sync.NewCond(&sess.mu)
 	sess.log = a.log.With(zap.String("sub", ident.Sub), zap.String("role", ident.Role), zap.String("jti", ident.JTI))
@@ -342,6 +340,7 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 	// this client sees them, pgtoken's own cancel key, ReadyForQuery.
 	entry.appName, entry.tls = cleanAppName(params["application_name"]), secure
 	s.register(sess, entry)
+	sess.armExpiry()
 	out := append([]byte(nil), wire.MsgAuthenticationOK...)
 	for _, name := range sortedKeys(report) {
 		ps := pgproto3.ParameterStatus{Name: name, Value: report[name]}
@@ -398,7 +397,7 @@ func (s *Session) finish(err error) {
 		var we *wire.Error
 		if errors.As(err, &we) {
 			s.mu.Lock()
-			s.appendMsg(wire.ToResponse(we))
+			s.out.buf, _ = wire.ToResponse(we).Encode(s.out.buf)
 			s.mu.Unlock()
 			_ = s.flushClient()
 			s.log.Info("session ended", zap.String("sqlstate", we.Code), zap.String("reason", we.Message))
@@ -408,20 +407,44 @@ func (s *Session) finish(err error) {
 	}
 	if c := s.wconn; c != nil {
 		s.wconn = nil
-		_ = c.Flush()
+		s.flushServer(c)
 	}
 	s.mu.Lock()
 	s.ended = true
 	s.writing = false
-	if c := s.conn; c != nil {
-		if s.pending > 0 || s.midBatch || s.maint && s.status != 'I' {
-			// The client left with work in flight: drop the conn rather
-			// than hand anyone a connection in an unknown state.
-			s.detach(c)
-			s.pool.Discard(c)
-		} else {
-			s.maybeRelease()
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	c := s.conn
+	var end []string
+	switch {
+	case c == nil:
+	case !s.t.Quiet() || s.hold:
+		// The client left with work in flight: drop the conn rather
+		// than hand anyone a connection in an unknown state.
+		s.kill(c)
+	default:
+		if s.t.Status() != 'I' {
+			end = append(end, "ROLLBACK")
 		}
+		if s.srv.cfg.Mode == ModeSession {
+			end = append(end, "DISCARD ALL")
+		}
+	}
+	if len(end) > 0 {
+		s.writing = true
+		for _, q := range end {
+			beginQuery(c)
+			s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pEnd, Ref: endRef{c: c, discardAll: q == "DISCARD ALL"}})
+			c.W.Query(q)
+		}
+		s.mu.Unlock()
+		s.flushServer(c)
+		s.mu.Lock()
+		s.writing = false
+	}
+	if s.conn == c && c != nil {
+		s.maybeRelease()
 	}
 	s.mu.Unlock()
 	s.log.Info("client disconnected", zap.Duration("duration", time.Since(s.start)))
@@ -501,42 +524,20 @@ func (s *Session) checkSettings(p map[string]string) (map[string]string, error) 
 		b.WriteString(",true))")
 	}
 	b.WriteString(") v(n, v)")
-	got := map[string]string{}
-	var qerr *wire.Error
-	err := s.roundTrip(b.String(), func(row []byte) {
-		if n, v, ok := twoTextColumns(row); ok {
-			got[n] = v
-		}
-	}, &qerr)
+	rows, qerr, err := s.roundTrip(b.String())
 	if err != nil {
 		return nil, loginConnectError(err)
 	}
 	if qerr != nil {
 		return nil, &wire.Error{Severity: wire.SeverityFatal, Code: qerr.Code, Message: qerr.Message}
 	}
+	got := map[string]string{}
+	for _, row := range rows {
+		if n, v, ok := twoTextColumns(row); ok {
+			got[n] = v
+		}
+	}
 	return got, nil
-}
-
-// roundTrip runs one of pgtoken's own queries for this session and waits
-// for it.
-func (s *Session) roundTrip(sql string, collect func([]byte), qerr **wire.Error) error {
-	c, _, err := s.claim()
-	if err != nil {
-		return err
-	}
-	done := false
-	s.maintQuery(c, sql, collect, func(e *wire.Error) {
-		*qerr = e
-		done = true
-	})
-	s.mu.Unlock()
-	s.waitQuiet()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !done {
-		return fmt.Errorf("%w while checking startup settings", pool.ErrConnLost)
-	}
-	return nil
 }
 
 // loginConnectError turns a failure to reach the server during login into

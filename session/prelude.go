@@ -13,9 +13,9 @@ import (
 
 // prelude is what every transaction of one client begins with: its role and
 // its claim settings, local to the transaction. The two forms every
-// transaction needs are built once per session and appended as bytes; the
-// rare forms are rendered from the identity when they are needed, so an
-// idle session holds little more than its two forms.
+// transaction needs are built once per session; the rare forms are
+// rendered from the identity when they are needed, so an idle session
+// holds little more than its two forms.
 type prelude struct {
 	id *authn.Identity
 
@@ -28,30 +28,34 @@ type prelude struct {
 	statements int
 
 	// stmt is the parameterised statement the extended form binds: SELECT
-	// set_config($1,$2,true), ... with one pair per setting. It is prepared
-	// once per server connection and shared by every client whose token has
-	// as many settings.
-	stmt *preludeStmt
-	// bind is the Bind message of this client's values into the unnamed
-	// portal.
-	bind []byte
+	// set_config($1,$2,true), ... with one pair per setting, shared by
+	// every client whose token has as many settings. args are this
+	// client's Bind parameters for it (and for the session form, which
+	// takes the same pairs).
+	stmt *ownStmt
+	args []byte
 }
 
-// preludeStmt is the extended form's statement for one number of settings.
-type preludeStmt struct {
-	name  string
-	sql   string
-	parse []byte // the Parse message
+// ownStmt is one of pgtoken's own statements, parsed once per server
+// connection under a name that begins with pgtoken_ (a name no client can
+// use: see isReserved and the guard).
+type ownStmt struct {
+	name string
+	sql  string
 }
 
-// preludeStmts holds one preludeStmt per number of settings, shared by
-// every session of a Server.
-type preludeStmts struct{ m sync.Map } // int → *preludeStmt
+// ownStmts holds one statement per number of settings, shared by every
+// session of a Server: SELECT pg_catalog.set_config($1,$2,<local>), ...
+type ownStmts struct {
+	prefix string
+	local  bool
+	m      sync.Map // int → *ownStmt
+}
 
-// get returns the statement for n settings (role included).
-func (c *preludeStmts) get(n int) *preludeStmt {
-	if v, ok := c.m.Load(n); ok {
-		return v.(*preludeStmt)
+// get returns the statement for n settings.
+func (o *ownStmts) get(n int) *ownStmt {
+	if v, ok := o.m.Load(n); ok {
+		return v.(*ownStmt)
 	}
 	var q strings.Builder
 	q.WriteString("SELECT ")
@@ -59,17 +63,43 @@ func (c *preludeStmts) get(n int) *preludeStmt {
 		if i > 0 {
 			q.WriteByte(',')
 		}
-		fmt.Fprintf(&q, "pg_catalog.set_config($%d,$%d,true)", 2*i+1, 2*i+2)
+		fmt.Fprintf(&q, "pg_catalog.set_config($%d,$%d,%t)", 2*i+1, 2*i+2, o.local)
 	}
-	st := &preludeStmt{name: "pgtoken_prelude_" + strconv.Itoa(n), sql: q.String()}
-	st.parse = appendParse(nil, st.name, st.sql)
-	v, _ := c.m.LoadOrStore(n, st)
-	return v.(*preludeStmt)
+	st := &ownStmt{name: o.prefix + strconv.Itoa(n), sql: q.String()}
+	v, _ := o.m.LoadOrStore(n, st)
+	return v.(*ownStmt)
 }
 
-// preludePortal names the portal of the prelude when the unnamed one is
-// taken.
-const preludePortal = "pgtoken_prelude"
+// ownPortal names the portal of pgtoken's statements when the client's
+// unnamed portal must not be replaced.
+const ownPortal = "pgtoken_p"
+
+// resetStmts undo, one statement each, whatever session state a client
+// may have left on a server connection: settings of every name (RESET ALL
+// clears placeholders too, but not the role), the role and session-level
+// advisory locks, cursors, LISTEN, temporary objects, and the sequence
+// values lastval and currval answer. They may run inside a transaction
+// block, so they share the next client's first transaction; prepared
+// statements are pgtoken's own (stmts.go) and stay.
+var resetStmts = []*ownStmt{
+	{name: "pgtoken_reset_1", sql: "RESET ALL"},
+	{name: "pgtoken_reset_2", sql: "SELECT pg_catalog.set_config('role','none',false),pg_catalog.pg_advisory_unlock_all()"},
+	{name: "pgtoken_reset_3", sql: "CLOSE ALL"},
+	{name: "pgtoken_reset_4", sql: "UNLISTEN *"},
+	{name: "pgtoken_reset_5", sql: "DISCARD TEMP"},
+	{name: "pgtoken_reset_6", sql: "DISCARD SEQUENCES"},
+}
+
+// resetText is the reset in the simple protocol, and resetCount how many
+// statements it holds.
+var resetText, resetCount = func() (string, int) {
+	var b strings.Builder
+	for _, st := range resetStmts {
+		b.WriteString(st.sql)
+		b.WriteByte(';')
+	}
+	return b.String(), len(resetStmts)
+}()
 
 // maxSettings bounds how many settings a token may carry (and so the size of
 // the prelude); Postgres allows at most 65535 bind parameters.
@@ -77,7 +107,7 @@ const maxSettings = 1000
 
 // newPrelude builds a client's prelude from its verified identity; stmts
 // supplies the shared extended-protocol statement.
-func newPrelude(id *authn.Identity, stmts *preludeStmts) (*prelude, error) {
+func newPrelude(id *authn.Identity, stmts *ownStmts) (*prelude, error) {
 	if len(id.Settings)+1 > maxSettings {
 		return nil, fmt.Errorf("token carries %d claims; at most %d are supported", len(id.Settings), maxSettings-1)
 	}
@@ -85,50 +115,34 @@ func newPrelude(id *authn.Identity, stmts *preludeStmts) (*prelude, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := len(id.Settings) + 1
-	p := &prelude{id: id, simple: simple, statements: n, stmt: stmts.get(n)}
-	p.bind = p.appendBind(nil, "")
+	p := &prelude{id: id, simple: simple, statements: len(id.Settings) + 1, stmt: stmts.get(len(id.Settings) + 1)}
+	pairs := make([]string, 0, 2*p.statements)
+	pairs = append(pairs, "role", id.Role)
+	for _, s := range id.Settings {
+		pairs = append(pairs, s.Name, s.Value)
+	}
+	p.args = bindArgs(pairs)
 	return p, nil
 }
 
-// appendBind appends a Bind of this client's role and settings, in the
-// order of stmt's parameters, into portal.
-func (p *prelude) appendBind(dst []byte, portal string) []byte {
-	id := p.id
-	size := 5 + len(portal) + 1 + len(p.stmt.name) + 1 + 2 + 2 + 2 + 8 + len("role") + len(id.Role)
-	for _, s := range id.Settings {
-		size += 8 + len(s.Name) + len(s.Value)
-	}
-	if dst == nil {
-		dst = make([]byte, 0, size) // held for the session: no slack
-	}
-	at := len(dst)
-	dst = append(dst, 'B', 0, 0, 0, 0)
-	dst = append(append(dst, portal...), 0)
-	dst = append(append(dst, p.stmt.name...), 0)
-	dst = binary.BigEndian.AppendUint16(dst, 0) // all parameters in text
-	dst = binary.BigEndian.AppendUint16(dst, uint16(2*(len(id.Settings)+1)))
-	param := func(v string) {
-		dst = binary.BigEndian.AppendUint32(dst, uint32(len(v)))
-		dst = append(dst, v...)
-	}
-	param("role")
-	param(id.Role)
-	for _, s := range id.Settings {
-		param(s.Name)
-		param(s.Value)
-	}
-	dst = binary.BigEndian.AppendUint16(dst, 0) // all results in text
-	binary.BigEndian.PutUint32(dst[at+1:], uint32(len(dst)-at-1))
-	return dst
-}
+// settings is how many settings the prelude sets, the role included.
+func (p *prelude) settings() int { return p.statements }
 
-// appendNamed appends the prelude run in a portal of its own, for when the
-// client's unnamed portal must not be replaced: Bind, Execute, Close.
-func (p *prelude) appendNamed(dst []byte) []byte {
-	dst = p.appendBind(dst, preludePortal)
-	dst = appendExecute(dst, preludePortal)
-	return appendClosePortal(dst, preludePortal)
+// bindArgs encodes the parameter section of a Bind (after the statement
+// name) of text values, at exact size.
+func bindArgs(vals []string) []byte {
+	size := 2 + 2 + 2
+	for _, v := range vals {
+		size += 4 + len(v)
+	}
+	b := make([]byte, 0, size)
+	b = binary.BigEndian.AppendUint16(b, 0) // all parameters in text
+	b = binary.BigEndian.AppendUint16(b, uint16(len(vals)))
+	for _, v := range vals {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+		b = append(b, v...)
+	}
+	return binary.BigEndian.AppendUint16(b, 0) // all results in text
 }
 
 // sessionSet sets the role and claims for the whole session, for statements
@@ -168,6 +182,25 @@ func setText(id *authn.Identity, verb string) (string, error) {
 		b.WriteByte(';')
 	}
 	return strings.Clone(b.String()), nil // kept for the session: no slack
+}
+
+// replayText renders session settings as one statement that sets them for
+// the session: SELECT pg_catalog.set_config('name','value',false), ...;
+func replayText(names []string, values map[string]string) string {
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	for i, n := range names {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("pg_catalog.set_config(")
+		writeLiteral(&b, n)
+		b.WriteByte(',')
+		writeLiteral(&b, values[n])
+		b.WriteString(",false)")
+	}
+	b.WriteByte(';')
+	return b.String()
 }
 
 // writeLiteral writes s as an escape-string constant that holds only ASCII:
@@ -222,34 +255,4 @@ func writeSettingName(b *strings.Builder, name string) error {
 		b.WriteByte('"')
 	}
 	return nil
-}
-
-// appendParse appends a Parse message with no parameter types.
-func appendParse(dst []byte, name, sql string) []byte {
-	at := len(dst)
-	dst = append(dst, 'P', 0, 0, 0, 0)
-	dst = append(append(dst, name...), 0)
-	dst = append(append(dst, sql...), 0)
-	dst = binary.BigEndian.AppendUint16(dst, 0)
-	binary.BigEndian.PutUint32(dst[at+1:], uint32(len(dst)-at-1))
-	return dst
-}
-
-// appendExecute appends an Execute of portal for all rows.
-func appendExecute(dst []byte, portal string) []byte {
-	at := len(dst)
-	dst = append(dst, 'E', 0, 0, 0, 0)
-	dst = append(append(dst, portal...), 0)
-	dst = binary.BigEndian.AppendUint32(dst, 0)
-	binary.BigEndian.PutUint32(dst[at+1:], uint32(len(dst)-at-1))
-	return dst
-}
-
-// appendClosePortal appends a Close of portal.
-func appendClosePortal(dst []byte, portal string) []byte {
-	at := len(dst)
-	dst = append(dst, 'C', 0, 0, 0, 0, 'P')
-	dst = append(append(dst, portal...), 0)
-	binary.BigEndian.PutUint32(dst[at+1:], uint32(len(dst)-at-1))
-	return dst
 }

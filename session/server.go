@@ -70,8 +70,14 @@ type Config struct {
 	MaxMessage             int // largest client message buffered whole
 	MaxClientConn          int
 	IdleTransactionTimeout time.Duration
-	ConnectTimeout         time.Duration
-	StatementCache         int // prepared statements kept per server connection
+	// ClientWriteTimeout bounds one write to a client: a client that does
+	// not read for that long is cut off, and its server connection dropped.
+	ClientWriteTimeout time.Duration
+	// TokenLeeway is how long a transaction open when the client's token
+	// expires may go on (jwt.leeway); then the session ends.
+	TokenLeeway    time.Duration
+	ConnectTimeout time.Duration
+	StatementCache int // prepared statements kept per server connection
 
 	// AuthFailuresBeforeBackoff failed token checks from one client IP
 	// within AuthBackoff make its logins refused for AuthBackoff (0: off;
@@ -121,7 +127,8 @@ type Server struct {
 
 	conns        atomic.Int64     // accepted connections, logging in or not
 	readBufs     *wire.BufferPool // client read buffers, lent only while bytes wait in them
-	preludeStmts preludeStmts     // the extended prelude's statement per number of settings
+	preludeStmts ownStmts         // the extended prelude's statement per number of settings
+	sessionStmts ownStmts         // the same, setting them for the session (procedures, settings replay)
 	backoff      authBackoff      // failed logins per client address (backoff.go)
 	roles        roleState        // upstream role attributes per pool (roles.go)
 	draining     atomic.Bool      // Shutdown or Close began: no new sessions or transactions
@@ -210,6 +217,8 @@ func NewServer(cfg Config) (*Server, error) {
 		ctx:       ctx,
 		stop:      stop,
 	}
+	s.preludeStmts = ownStmts{prefix: "pgtoken_prelude_", local: true}
+	s.sessionStmts = ownStmts{prefix: "pgtoken_session_", local: false}
 	s.SetVerifier(cfg.Verifier)
 	s.SetAdminRoles(cfg.AdminRoles)
 	s.SetPeers(cfg.Peers)
@@ -351,10 +360,9 @@ func (sess *Session) betweenTransactions() bool {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	if sess.conn == nil {
-		return true
+		return !sess.t.Dropping()
 	}
-	return sess.srv.cfg.Mode == ModeSession && sess.status == 'I' && sess.pending == 0 &&
-		!sess.midBatch && !sess.writing && !sess.maint && sess.cancelling == 0
+	return sess.srv.cfg.Mode == ModeSession && sess.t.Idle() && !sess.writing && !sess.cancelling
 }
 
 // Close stops accepting, closes every client at once with FATAL 57P01,
@@ -411,6 +419,22 @@ func (s *Server) Kill(id uint32) bool {
 // whole, and closes its socket; its goroutine then ends the session
 // (dropping or cleaning its server connection as after any disconnect).
 func (s *Server) terminate(c *client, msg string) {
+	s.terminateWith(c, wire.Fatalf(wire.CodeAdminShutdown, "%s", msg))
+}
+
+// terminateSession ends a logged-in session with e (FATAL).
+func (s *Server) terminateSession(sess *Session, e *wire.Error) {
+	s.sessMu.RLock()
+	c := s.clients[sess.id]
+	s.sessMu.RUnlock()
+	if c != nil && c.sess == sess {
+		s.terminateWith(c, e)
+	}
+}
+
+// terminateWith sends a client e after whatever it has been sent whole,
+// and closes its socket.
+func (s *Server) terminateWith(c *client, e *wire.Error) {
 	s.sessMu.Lock()
 	if c.terminated {
 		s.sessMu.Unlock()
@@ -418,7 +442,6 @@ func (s *Server) terminate(c *client, msg string) {
 	}
 	c.terminated = true
 	s.sessMu.Unlock()
-	e := wire.Fatalf(wire.CodeAdminShutdown, "%s", msg)
 	if c.con != nil {
 		c.con.terminate(e)
 		return
@@ -427,11 +450,11 @@ func (s *Server) terminate(c *client, msg string) {
 	// A client that does not read must not hold this up.
 	_ = sess.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	sess.mu.Lock()
-	sess.appendMsg(wire.ToResponse(e))
+	sess.out.buf, _ = wire.ToResponse(e).Encode(sess.out.buf)
 	sess.mu.Unlock()
 	_ = sess.flushClient()
 	_ = sess.nc.Close()
-	sess.log.Info("client terminated", zap.String("reason", msg))
+	sess.log.Info("client terminated", zap.String("reason", e.Message))
 }
 
 // errShuttingDown is what a client that wants a new transaction hears once
@@ -698,28 +721,43 @@ func (s *Server) forwardCancel(peer int, pid uint32, key []byte) {
 	_, _ = nc.Read(one[:]) // the peer closes the socket once it has acted
 }
 
-// cancel asks the server to cancel the session's running statement. The
-// server connection is not released to another client until the request
-// has been delivered, so it can only hit this client's statement.
+// cancel asks the server to cancel the session's running statement. Only
+// one request is on its way at a time (a flood of them has no more effect
+// than one), and the server connection is not released to another client
+// until it arrived; that client's first statement on it is then preceded
+// by one of pgtoken's own, which a request arriving late can only cancel
+// (the fence, see claim). A request that could not be delivered in time
+// may still arrive: the connection is closed instead of released. A
+// statement still waiting for a server connection is cancelled without
+// running.
 func (sess *Session) cancel() {
 	sess.mu.Lock()
+	if stop := sess.acquiring; stop != nil {
+		sess.mu.Unlock()
+		stop()
+		return
+	}
 	c := sess.conn
-	if c == nil || sess.pending == 0 && !sess.midBatch {
+	if c == nil || sess.t.Quiet() || sess.cancelling {
 		sess.mu.Unlock()
 		return
 	}
-	sess.cancelling++
+	sess.cancelling = true
 	sess.mu.Unlock()
 	ctx, cancel := context.WithTimeout(sess.srv.ctx, 5*time.Second)
 	err := c.Cancel(ctx)
 	cancel()
-	if err != nil {
-		sess.log.Warn("forwarding cancel request failed", zap.Error(err))
-	}
 	sess.mu.Lock()
-	sess.cancelling--
+	sess.cancelling = false
+	c.CancelSent = true
+	if err != nil {
+		sess.log.Warn("forwarding cancel request failed; the server connection will be closed", zap.Error(err))
+		c.CancelUncertain = true
+	}
 	if sess.conn == c {
 		sess.maybeRelease()
+	} else if c.CancelUncertain {
+		c.Close()
 	}
 	sess.mu.Unlock()
 }

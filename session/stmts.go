@@ -5,10 +5,9 @@ import (
 	"encoding/hex"
 	"strings"
 
-	"go.uber.org/zap"
-
 	"github.com/pgtoken/pgtoken/session/pool"
 	"github.com/pgtoken/pgtoken/session/sqlscan"
+	"github.com/pgtoken/pgtoken/session/tracker"
 	"github.com/pgtoken/pgtoken/wire"
 )
 
@@ -39,6 +38,10 @@ type clientStmt struct {
 	// free again.
 	deferred bool
 	name     string // the client's name for it
+	// setsSession: it changes session settings (SET, RESET,
+	// set_config(..., false)); custom names the placeholders it sets.
+	setsSession bool
+	custom      []string
 }
 
 // serverStmtName derives pgtoken's name for a statement from what makes it
@@ -76,13 +79,9 @@ func (s *Session) ensureStmt(c *pool.Conn, st *clientStmt) *wire.Error {
 		if c.UnnamedOwner == uint64(s.id) && c.UnnamedGen == st.gen {
 			return nil
 		}
-		s.appendParse(c, "", st)
+		c.W.Parse("", st.text, st.types)
 		c.UnnamedOwner, c.UnnamedGen = uint64(s.id), st.gen
-		s.q.push(unit{kind: uParse, own: ownPrelude, done: func(err *wire.Error) {
-			if err != nil && c.UnnamedGen == st.gen {
-				c.UnnamedOwner = 0
-			}
-		}})
+		s.t.Push(tracker.Unit{Kind: tracker.Parse, Own: tracker.OwnPrelude, Purpose: pUnnamedParse, Ref: stmtRef{c: c, st: st}})
 		return nil
 	}
 	if c.Stmts.Use(st.server, s.batchGen) {
@@ -92,41 +91,18 @@ func (s *Session) ensureStmt(c *pool.Conn, st *clientStmt) *wire.Error {
 		return wire.Errorf(wire.CodeFeatureNotSupported,
 			"a statement prepared with SQL PREPARE can be used through pgtoken only with EXECUTE")
 	}
-	s.appendParse(c, st.server, st)
-	name := st.server
-	s.q.push(unit{kind: uParse, own: ownPrelude, done: func(err *wire.Error) {
-		if err != nil {
-			c.Stmts.Remove(name)
-			// A lost connection says nothing about the statement.
-			if st.deferred && s.stmts[st.name] == st && err != errSkipped && err.Code != wire.CodeConnectionFailure {
-				delete(s.stmts, st.name)
-			}
-			return
-		}
-		st.deferred = false // the server took it: from now on it exists as on Postgres
-	}})
-	s.evict(c, c.Stmts.Add(name, s.batchGen))
+	c.W.Parse(st.server, st.text, st.types)
+	s.t.Push(tracker.Unit{Kind: tracker.Parse, Own: tracker.OwnPrelude, Purpose: pStmtParse, Ref: stmtRef{c: c, st: st}})
+	s.evict(c, c.Stmts.Add(st.server, s.batchGen))
 	return nil
 }
 
 // evict closes statements the cache let go. Under mu.
 func (s *Session) evict(c *pool.Conn, names []string) {
 	for _, n := range names {
-		at := c.W.Begin('C')
-		c.W.AppendBytes([]byte{'S'})
-		c.W.AppendCString(n)
-		c.W.End(at)
-		s.q.push(unit{kind: uClose, own: ownMaint})
+		c.W.Target('C', 'S', n)
+		s.t.Push(tracker.Unit{Kind: tracker.Close, Own: tracker.OwnMaint})
 	}
-}
-
-// appendParse writes a Parse of st under name.
-func (s *Session) appendParse(c *pool.Conn, name string, st *clientStmt) {
-	at := c.W.Begin('P')
-	c.W.AppendCString(name)
-	c.W.AppendCString(st.text)
-	c.W.AppendBytes(st.types)
-	c.W.End(at)
 }
 
 // clientParse handles the client's Parse once the server connection is
@@ -137,18 +113,9 @@ func (s *Session) clientParse(c *pool.Conn, name string, st *clientStmt) {
 		s.unnamedGen++
 		st.gen = s.unnamedGen
 		s.unnamedStmt = st
-		s.appendParse(c, "", st)
+		c.W.Parse("", st.text, st.types)
 		c.UnnamedOwner, c.UnnamedGen = uint64(s.id), st.gen
-		s.q.push(unit{kind: uParse, done: func(err *wire.Error) {
-			if err != nil {
-				if s.unnamedStmt == st {
-					s.unnamedStmt = nil
-				}
-				if c.UnnamedGen == st.gen {
-					c.UnnamedOwner = 0
-				}
-			}
-		}})
+		s.t.Push(tracker.Unit{Kind: tracker.Parse, Purpose: pClientUnnamed, Ref: stmtRef{c: c, st: st}})
 		return
 	}
 	if s.stmts == nil {
@@ -156,46 +123,27 @@ func (s *Session) clientParse(c *pool.Conn, name string, st *clientStmt) {
 	}
 	s.stmts[name] = st
 	st.unconfirmed = true
-	forget := func(err *wire.Error) {
-		st.unconfirmed = false
-		if err != nil && s.stmts[name] == st {
-			delete(s.stmts, name)
-		}
-	}
+	ref := stmtRef{c: c, st: st, name: name}
 	if c.Stmts.Use(st.server, s.batchGen) {
-		s.q.push(unit{kind: uLocal, local: wire.MsgParseComplete, done: forget})
-		s.emitLocal()
+		s.answer(wire.MsgParseComplete, false, pLocalParse, ref)
+		s.handleDone()
 		return
 	}
-	s.appendParse(c, st.server, st)
-	server := st.server
-	s.q.push(unit{kind: uParse, done: func(err *wire.Error) {
-		if err != nil {
-			c.Stmts.Remove(server)
-		}
-		forget(err)
-	}})
-	s.evict(c, c.Stmts.Add(server, s.batchGen))
+	c.W.Parse(st.server, st.text, st.types)
+	s.t.Push(tracker.Unit{Kind: tracker.Parse, Purpose: pClientParse, Ref: ref})
+	s.evict(c, c.Stmts.Add(st.server, s.batchGen))
 }
 
 // rewriteBind writes the client's Bind with the statement renamed.
 func rewriteBind(c *pool.Conn, body []byte, portal []byte, server string) {
 	rest := body[len(portal)+1:]
 	_, rest, _ = wire.CString(rest)
-	at := c.W.Begin('B')
-	c.W.AppendBytes(portal)
-	c.W.AppendBytes([]byte{0})
-	c.W.AppendCString(server)
-	c.W.AppendBytes(rest)
-	c.W.End(at)
+	c.W.Bind(text(portal), server, rest)
 }
 
 // rewriteDescribeStmt writes Describe('S') of the renamed statement.
 func rewriteDescribeStmt(c *pool.Conn, server string) {
-	at := c.W.Begin('D')
-	c.W.AppendBytes([]byte{'S'})
-	c.W.AppendCString(server)
-	c.W.End(at)
+	c.W.Target('D', 'S', server)
 }
 
 // ownStatement answers statements that pgtoken handles for the client
@@ -215,15 +163,15 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 		return false, nil
 	}
 	st := &stmts[0]
-	inTx := s.inTransaction()
 	switch st.Kind {
 	case sqlscan.KindDiscard:
 		if st.Name != "all" {
-			// Plans, sequences and temporary objects never outlive a
-			// transaction here: there is nothing of this client's to drop.
+			// Plans, sequences and temporary objects of this client's
+			// never outlive a transaction here (and are reset before
+			// another client's): there is nothing to drop.
 			return true, s.localAnswer(wire.AppendCommandComplete(nil, "DISCARD "+strings.ToUpper(st.Name)), true)
 		}
-		if inTx {
+		if s.inTransaction() {
 			return true, s.refuse(wire.Errorf(wire.CodeActiveSQLTransaction, "DISCARD ALL cannot run inside a transaction block"), true)
 		}
 		s.mu.Lock()
@@ -231,7 +179,7 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 		s.mu.Unlock()
 		return true, s.resetSettings("DISCARD ALL")
 	case sqlscan.KindResetAll:
-		if inTx {
+		if s.inTransaction() {
 			return true, s.refuse(wire.Errorf(wire.CodeFeatureNotSupported,
 				"pgtoken supports RESET ALL only outside a transaction block"), true)
 		}
@@ -264,25 +212,30 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 func (s *Session) inFlight() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.conn != nil && (s.pending > 0 || s.midBatch)
+	return s.conn != nil && !s.t.Quiet()
 }
 
 // inTransaction reports whether the client is inside a transaction (or may
-// be, with answers in flight).
+// be, with its answers in flight); pgtoken's own upkeep does not count.
 func (s *Session) inTransaction() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.conn != nil && (s.status != 'I' || s.pending > 0 || s.midBatch)
+	return s.t.InTransaction()
 }
 
 // resetSettings makes the client's settings its startup settings again and
 // reports the ones the client is told about that change, as Postgres does.
+// The server connection catches up at the client's next transaction: it
+// has settings the client no longer wants, so it is reset first.
 func (s *Session) resetSettings(tag string) error {
 	s.mu.Lock()
 	before := s.params
 	s.params = cloneMap(s.startParams)
 	s.capture = false
 	params := s.params
+	if s.conn != nil {
+		s.t.Foreign() // session mode: temporary objects, locks, LISTEN go too
+	}
 	s.mu.Unlock()
 	var out []byte
 	for name, rn := range reportedName {
@@ -315,6 +268,11 @@ func appendParameterStatus(dst []byte, name, value string) []byte {
 	return dst
 }
 
+func putLen(msg []byte) {
+	n := uint32(len(msg) - 1)
+	msg[1], msg[2], msg[3], msg[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+}
+
 func cloneMap(m map[string]string) map[string]string {
 	out := make(map[string]string, len(m))
 	for k, v := range m {
@@ -325,16 +283,15 @@ func cloneMap(m map[string]string) map[string]string {
 
 // sqlRewrite is how a SQL-level PREPARE or EXECUTE goes to the server.
 type sqlRewrite struct {
-	text  string            // what to send instead of the client's text
-	own   int               // leading statements of text that are pgtoken's
-	local bool              // answer PREPARE without the server: the connection has it
-	done  func(*wire.Error) // forgets a PREPARE that failed
+	stmt    stmtRef
+	local   bool   // answer PREPARE without the server: the connection has it
+	prepare string // PREPARE under pgtoken's name, sent in a Query of its own
+	exec    string // EXECUTE under pgtoken's name ("" for a PREPARE)
 }
 
 // sqlPrepared handles SQL-level PREPARE and EXECUTE sent as a Query of their
 // own: the statement gets pgtoken's name on the server, and EXECUTE on a
-// connection that lacks it is preceded by the PREPARE (as pgtoken's own
-// statement in the same Query). Under mu.
+// connection that lacks it is preceded by the PREPARE. Under mu.
 func (s *Session) sqlPrepared(c *pool.Conn, sql string, st *sqlscan.Statement) (sqlRewrite, *wire.Error) {
 	body := sql[st.Start:st.End]
 	nameEnd := afterName(body)
@@ -353,40 +310,32 @@ func (s *Session) sqlPrepared(c *pool.Conn, sql string, st *sqlscan.Statement) (
 		}
 		name := strings.Clone(st.Name) // st.Name may point into the client's read buffer
 		s.stmts[name] = cs
-		r := sqlRewrite{text: cs.prepare, done: func(err *wire.Error) {
-			if err != nil && s.stmts[name] == cs {
-				delete(s.stmts, name)
-				c.Stmts.Remove(server)
-			}
-		}}
-		if s.status != 'E' && c.Stmts.Use(server, s.batchGen) {
+		r := sqlRewrite{stmt: stmtRef{c: c, st: cs, name: name}}
+		if s.t.Status() != 'E' && c.Stmts.Use(server, s.batchGen) {
 			r.local = true
 			return r, nil
 		}
 		s.evict(c, c.Stmts.Add(server, s.batchGen))
+		r.prepare = cs.prepare
 		return r, nil
 	case sqlscan.KindExecute:
 		cs := s.stmts[st.Name]
 		if cs == nil {
 			return sqlRewrite{}, wire.Errorf(wire.CodeInvalidSQLStatementName, "prepared statement %q does not exist", st.Name)
 		}
-		exec := "EXECUTE " + cs.server + body[nameEnd:]
+		r := sqlRewrite{stmt: stmtRef{c: c, st: cs}, exec: "EXECUTE " + cs.server + body[nameEnd:]}
 		if c.Stmts.Use(cs.server, s.batchGen) {
-			return sqlRewrite{text: exec}, nil
+			return r, nil
 		}
 		if cs.prepare == "" {
 			return sqlRewrite{}, wire.Errorf(wire.CodeFeatureNotSupported,
 				"pgtoken can EXECUTE only statements prepared with SQL PREPARE; bind protocol-level statements instead")
 		}
 		s.evict(c, c.Stmts.Add(cs.server, s.batchGen))
-		server := cs.server
-		return sqlRewrite{text: cs.prepare + ";" + exec, own: 1, done: func(err *wire.Error) {
-			if err != nil {
-				c.Stmts.Remove(server)
-			}
-		}}, nil
+		r.prepare = cs.prepare
+		return r, nil
 	}
-	return sqlRewrite{text: sql}, nil
+	return sqlRewrite{}, wire.Errorf(wire.CodeInternal, "not a PREPARE or EXECUTE")
 }
 
 // afterName returns the offset just past the object name that follows the
@@ -457,85 +406,4 @@ func skipTrivia(sql string, i int) int {
 		}
 	}
 	return i
-}
-
-// outsideTransaction runs a statement that Postgres refuses inside a
-// transaction block (VACUUM, CREATE INDEX CONCURRENTLY, CREATE DATABASE, ...)
-// and that came as a Query of its own outside a transaction: the role and
-// claims are set for the session first, and only once that succeeded does
-// the statement go, followed by a reset in the same write. The connection is
-// held until the reset is answered (a failed reset drops it), so no other
-// client ever gets it with this client's identity. Called with mu held; the
-// claim is the client goroutine's.
-func (s *Session) outsideTransaction(c *pool.Conn, frame []byte) error {
-	s.hold = true
-	var failed *wire.Error
-	beginQuery(c)
-	at := c.W.Begin('Q')
-	c.W.AppendCString(s.pre.sessionSet())
-	c.W.End(at)
-	s.q.push(unit{kind: uQuery, own: ownPrelude, done: func(err *wire.Error) { failed = err }})
-	s.pending++
-	s.mu.Unlock()
-	s.waitQuiet()
-
-	s.mu.Lock()
-	if s.conn != c {
-		s.hold = false
-		if failed == nil {
-			// It broke after the identity was set: nothing of the
-			// client's was queued, so nobody told it.
-			s.sendError(wire.Errorf(wire.CodeConnectionFailure, "pgtoken: the server connection was lost; the statement did not run"))
-			rfq := wire.ReadyForQuery('I')
-			s.out = append(s.out, rfq[:]...)
-		}
-		s.mu.Unlock()
-		return nil // the connection broke; the client has its error
-	}
-	if failed != nil {
-		// The client has the error; nothing of its statement ran.
-		s.hold = false
-		rfq := wire.ReadyForQuery(s.status)
-		s.out = append(s.out, rfq[:]...)
-		s.maybeRelease()
-		s.mu.Unlock()
-		return nil
-	}
-	s.writing, s.wconn = true, c
-	beginQuery(c)
-	if _, err := c.W.Write(frame); err != nil && toServer(c, err) != nil {
-		s.hold = false
-		s.mu.Unlock()
-		return err
-	}
-	s.q.push(unit{kind: uQuery})
-	s.pending++
-	s.unnamedStmt = nil
-	s.maintQuery(c, s.pre.sessionReset(), nil, func(err *wire.Error) {
-		if err != nil {
-			s.log.Warn("resetting the session identity failed; dropping the server connection", zap.String("message", err.Message))
-			s.detach(c)
-			s.pool.Discard(c)
-		}
-	})
-	s.hold = false
-	s.predicted = 'I'
-	s.mu.Unlock()
-	return nil
-}
-
-// deferParse answers a named Parse without the server: it came outside any
-// transaction while no server connection is free. Taking one would make a
-// client that prepares synchronously (pgbench -M prepared, PQprepare) wait
-// for connections that its own other sessions hold inside transactions.
-// The statement is parsed on the server at its first use (ensureStmt).
-func (s *Session) deferParse(name string, st *clientStmt) error {
-	st.deferred, st.name = true, name
-	s.mu.Lock()
-	if s.stmts == nil {
-		s.stmts = map[string]*clientStmt{}
-	}
-	s.stmts[name] = st
-	s.mu.Unlock()
-	return s.localAnswer(wire.MsgParseComplete, false)
 }

@@ -98,21 +98,52 @@ func (w *Writer) AppendCString(s string) { w.buf = append(append(w.buf, s...), 0
 // AppendInt16 appends a big-endian 16-bit integer.
 func (w *Writer) AppendInt16(v int16) { w.buf = binary.BigEndian.AppendUint16(w.buf, uint16(v)) }
 
-// AppendInt32 appends a big-endian 32-bit integer.
-func (w *Writer) AppendInt32(v int32) { w.buf = binary.BigEndian.AppendUint32(w.buf, uint32(v)) }
-
-// Message is anything pgproto3 can encode.
-type Message interface {
-	Encode(dst []byte) ([]byte, error)
+// Query writes a Query message.
+func (w *Writer) Query(sql string) {
+	at := w.Begin('Q')
+	w.AppendCString(sql)
+	w.End(at)
 }
 
-// Send appends an encoded pgproto3 message. Encoding errors (a field too
-// long for the protocol) are returned and leave the buffer unchanged.
-func (w *Writer) Send(m Message) error {
-	b, err := m.Encode(w.buf)
-	if err != nil {
-		return err
+// Parse writes a Parse message; types is the parameter-type section as
+// the client sent it (count and OIDs), nil for none.
+func (w *Writer) Parse(name, query string, types []byte) {
+	at := w.Begin('P')
+	w.AppendCString(name)
+	w.AppendCString(query)
+	if types == nil {
+		types = []byte{0, 0}
 	}
-	w.buf = b
-	return nil
+	w.AppendBytes(types)
+	w.End(at)
 }
+
+// Bind writes a Bind message of statement stmt into portal; params is the
+// rest of the message: format codes, values and result format codes.
+func (w *Writer) Bind(portal, stmt string, params []byte) {
+	at := w.Begin('B')
+	w.AppendCString(portal)
+	w.AppendCString(stmt)
+	w.AppendBytes(params)
+	w.End(at)
+}
+
+// Execute writes an Execute of portal for all rows.
+func (w *Writer) Execute(portal string) {
+	at := w.Begin('E')
+	w.AppendCString(portal)
+	w.buf = binary.BigEndian.AppendUint32(w.buf, 0)
+	w.End(at)
+}
+
+// Target writes a Describe ('D') or Close ('C') message of a statement
+// (kind 'S') or portal ('P').
+func (w *Writer) Target(typ, kind byte, name string) {
+	at := w.Begin(typ)
+	w.buf = append(w.buf, kind)
+	w.AppendCString(name)
+	w.End(at)
+}
+
+// Sync writes a Sync message.
+func (w *Writer) Sync() { w.buf = append(w.buf, 'S', 0, 0, 0, 4) }

@@ -70,7 +70,7 @@ type JWT struct {
 	Algorithms   StringList `yaml:"algorithms" doc:"allowed algorithms; empty = every family with a configured key" reload:"yes"`
 	Issuer       string     `yaml:"issuer" doc:"required iss, when set" reload:"yes"`
 	Audience     string     `yaml:"audience" doc:"required aud, when set" reload:"yes"`
-	Leeway       Duration   `yaml:"leeway" doc:"clock skew allowed for nbf (exp is enforced exactly: at login and before each transaction)" reload:"yes"`
+	Leeway       Duration   `yaml:"leeway" doc:"clock skew allowed for nbf; exp is enforced exactly at login and before each transaction, and a transaction still open this long after exp ends the session (FATAL 28000, rolled back)" reload:"yes"`
 	RequireExp   bool       `yaml:"require_exp" doc:"refuse tokens without exp" reload:"yes"`
 	RoleClaim    string     `yaml:"role_claim" doc:"path of the role claim, PostgREST style" reload:"yes"`
 	AnonRole     string     `yaml:"anon_role" doc:"role for tokens without a role claim; empty refuses them" reload:"yes"`
@@ -105,6 +105,9 @@ type Limits struct {
 	MaxPassword      int      `yaml:"max_password" doc:"bytes; the token is the password"`
 	MaxMessage       int      `yaml:"max_message" doc:"largest client message buffered whole, bytes"`
 	MaxClientConn    int      `yaml:"max_client_conn" doc:"0 = unlimited"`
+	// ClientWriteTimeout bounds how long a client may leave pgtoken's
+	// output unread.
+	ClientWriteTimeout Duration `yaml:"client_write_timeout" doc:"a client that reads none of what pgtoken sends it for this long is disconnected and its server connection dropped, so it cannot hold one by not reading; 0 disables"`
 	// Per-address backoff after failed logins (session/backoff.go).
 	AuthFailuresBeforeBackoff int      `yaml:"auth_failures_before_backoff" doc:"failed token checks from one client IP address within auth_backoff after which its logins are refused for auth_backoff; 0 disables"`
 	AuthBackoff               Duration `yaml:"auth_backoff" doc:"the window failed logins are counted in, and how long an address is refused once it reaches auth_failures_before_backoff"`
@@ -133,10 +136,11 @@ func Default() Config {
 		Claims: Claims{Prefix: "jwt.claims"},
 		TLS:    TLS{RequireForRemote: true},
 		Limits: Limits{
-			StartupTimeout:   Duration(10 * time.Second),
-			MaxStartupPacket: 10000,
-			MaxPassword:      64 << 10,
-			MaxMessage:       64 << 20,
+			StartupTimeout:     Duration(60 * time.Second),
+			ClientWriteTimeout: Duration(60 * time.Second),
+			MaxStartupPacket:   10000,
+			MaxPassword:        64 << 10,
+			MaxMessage:         64 << 20,
 
 			AuthFailuresBeforeBackoff: 5,
 			AuthBackoff:               Duration(30 * time.Second),

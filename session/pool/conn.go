@@ -63,12 +63,31 @@ type Conn struct {
 	// and that session's Parse generation) the conn holds. Owned by the
 	// holder of the conn.
 	UnnamedOwner, UnnamedGen uint64
+	// Owner is the session whose state the conn may hold (settings,
+	// temporary objects, locks, ...): 0 for none (a new conn), or
+	// OwnerUnknown. Another session resets it first. Owned by the holder.
+	Owner uint64
+	// Stale lists statements Postgres reported stale: they are closed
+	// before the conn's next use, so they are parsed again. Owned by the
+	// holder.
+	Stale []string
+	// CancelSent: a cancel request reached the conn's server process;
+	// the next client's first statement is preceded by a fence, which a
+	// late request can only cancel. CancelUncertain: one may still be on
+	// its way, so the conn is closed rather than reused. Owned by the
+	// holder.
+	CancelSent, CancelUncertain bool
 
 	poolState // the pool's bookkeeping (pool.go)
 
 	handler atomic.Pointer[handlerBox]
 	dead    atomic.Bool
-	born    time.Time
+	// busy is set while the reader goroutine holds server bytes it has
+	// not handed on: the conn must not change hands then (a FATAL the
+	// server sent right after its last answer would reach the next
+	// client).
+	busy atomic.Bool
+	born time.Time
 	// lastUsed is when the conn last went back to the pool (unix nanos).
 	lastUsed atomic.Int64
 
@@ -77,11 +96,18 @@ type Conn struct {
 	log       *zap.Logger
 }
 
+// OwnerUnknown is Conn.Owner for a conn whose state nobody knows.
+const OwnerUnknown = ^uint64(0)
+
 // Attach hands the conn's incoming messages to h.
 func (c *Conn) Attach(h Handler) { c.handler.Store(&handlerBox{h}) }
 
 // Detach stops handing messages to the attached handler.
 func (c *Conn) Detach() { c.handler.Store(nil) }
+
+// Drained reports whether the reader goroutine has handed on every server
+// byte it read; only then may the conn change hands.
+func (c *Conn) Drained() bool { return !c.busy.Load() }
 
 // Dead reports whether the connection is known to be broken.
 func (c *Conn) Dead() bool { return c.dead.Load() }
@@ -145,22 +171,27 @@ func (c *Conn) readLoop() {
 		if err != nil {
 			break
 		}
+		c.busy.Store(true)
 		hb := c.handler.Load()
 		if hb == nil {
 			if err = c.idleMessage(typ); err != nil {
 				break
 			}
+			c.busy.Store(c.R.Buffered() > 0)
 			continue
 		}
 		if err = hb.h.ServerMessage(c, typ, n); err != nil {
 			break
 		}
-		// Flush the session that got the message once nothing more is
-		// buffered, or at once if the message ended its transaction and
-		// detached it: what is buffered then (a FATAL as the server
-		// terminates the conn, say) is not its, and nothing would flush
-		// it later.
-		if c.R.Buffered() == 0 || c.handler.Load() != hb {
+		// Tell the session once nothing more is buffered (it may let the
+		// conn go then, and flushes its client), or at once if the
+		// message detached it: what is buffered then (a FATAL as the
+		// server terminates the conn, say) is not its, and nothing would
+		// flush its output later.
+		if c.R.Buffered() == 0 {
+			c.busy.Store(false)
+			hb.h.ServerIdle(c)
+		} else if c.handler.Load() != hb {
 			hb.h.ServerIdle(c)
 		}
 	}

@@ -64,12 +64,15 @@ func (c *StmtCache) Add(name string, gen uint64) (evict []string) {
 	return evict
 }
 
-// Remove forgets a statement (its Parse failed, or it was closed).
-func (c *StmtCache) Remove(name string) {
-	if e, ok := c.byKey[name]; ok {
+// Remove forgets a statement (its Parse failed, or it was closed) and
+// reports whether it was recorded.
+func (c *StmtCache) Remove(name string) bool {
+	e, ok := c.byKey[name]
+	if ok {
 		c.order.Remove(e)
 		delete(c.byKey, name)
 	}
+	return ok
 }
 
 // Clear forgets everything (after DISCARD ALL).

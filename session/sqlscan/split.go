@@ -736,3 +736,28 @@ func isEquals(s string, t token) bool {
 	}
 	return true
 }
+
+// SetConfigNames returns the setting names of the set_config calls in a
+// statement of text whose first argument is one string literal (the guard
+// refuses any other), for a proxy that must learn which placeholder
+// settings a statement may set.
+func SetConfigNames(text string, st *Statement) []string {
+	var names []string
+	l := newLexer(text[:st.End], st.Start)
+	var prev token
+	for {
+		t := l.next()
+		if t.kind == tEOF {
+			return names
+		}
+		if t.kind == tSelf && text[t.start] == '(' && prev.isName() && nameIs(text, prev, "set_config") {
+			if a := scanArgs(l, 0); a.single && !a.truncated && a.first.isString() {
+				c := newLexer(l.s, a.first.end)
+				if n, ok := stringValue(&c, a.first); ok {
+					names = append(names, n)
+				}
+			}
+		}
+		prev = t
+	}
+}

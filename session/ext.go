@@ -1,0 +1,415 @@
+package session
+
+import (
+	"strings"
+
+	"github.com/pgtoken/pgtoken/session/pool"
+	"github.com/pgtoken/pgtoken/session/sqlscan"
+	"github.com/pgtoken/pgtoken/session/tracker"
+	"github.com/pgtoken/pgtoken/wire"
+)
+
+// extMsg is what onExtended learned from one extended-protocol message
+// before touching any server connection.
+type extMsg struct {
+	name, portal   []byte
+	stmt           *clientStmt // Parse: the new statement; Bind/Describe S: the statement; Execute, Describe P: the portal's statement
+	refuse         *wire.Error // answer with this error (the batch then fails as Postgres would)
+	local          []byte      // answer this without the server
+	purpose        tracker.Purpose
+	ref            any
+	describePortal bool // Describe('P')
+	wait           bool // decide only once the answers in flight are in
+}
+
+// onExtended handles Parse, Bind, Describe, Execute, Close, Flush and Sync.
+func (s *Session) onExtended(typ byte, frame []byte) error {
+	s.mu.Lock()
+	if s.t.Dropping() {
+		// The batch failed locally (or lost its server connection): its
+		// messages are dropped, and its Sync answered, as Postgres does
+		// after an error.
+		if typ == 'S' {
+			s.t.EndDrop()
+			s.answer(nil, true, 0, nil)
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	body := frame[5:]
+	var m extMsg
+	if err := s.readExtended(typ, body, &m); err != nil {
+		return err
+	}
+	if m.wait {
+		// A Parse reuses the name of a statement whose own Parse is still
+		// unanswered: whether the name is free depends on that answer.
+		s.waitQuiet()
+		m = extMsg{}
+		if err := s.readExtended(typ, body, &m); err != nil {
+			return err
+		}
+	}
+	if m.refuse != nil {
+		return s.refuse(m.refuse, false)
+	}
+	if m.local != nil {
+		s.mu.Lock()
+		s.answer(m.local, false, m.purpose, m.ref)
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Lock()
+	idle := s.conn == nil
+	s.mu.Unlock()
+	if idle {
+		switch {
+		case typ == 'S':
+			return s.localAnswer(nil, true)
+		case typ == 'H':
+			return nil
+		case typ == 'P' && len(m.name) > 0 && !s.pool.Available():
+			return s.deferParse(string(m.name), m.stmt)
+		}
+		if s.takeTxLost() {
+			return s.localError(errTxLost(), false)
+		}
+	}
+	c, err := s.claim()
+	if err != nil {
+		return s.claimFailed(err, false)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kind, flags := m.stmt.kindOf(), m.stmt.flagsOf()
+	var step tracker.Step
+	for {
+		if s.conn != c {
+			s.mu.Unlock()
+			err := s.localError(errLost(), typ == 'S')
+			s.mu.Lock()
+			return err
+		}
+		first := !s.t.InBatch()
+		if step = s.t.Extended(typ, kind, flags); !step.Wait {
+			if first {
+				s.closeStale(c)
+				s.newUnit(step)
+			}
+			break
+		}
+		s.waitFor(c, s.settled)
+	}
+	if step.Prelude != tracker.NoPrelude && s.expired() {
+		return errTokenExpired()
+	}
+	s.extendedPrelude(c, step)
+	switch typ {
+	case 'P':
+		s.clientParse(c, string(m.name), m.stmt)
+	case 'B':
+		if werr := s.ensureStmt(c, m.stmt); werr != nil {
+			s.t.Push(tracker.Unit{Kind: tracker.Parse, Rewrite: werr})
+			c.W.Parse("", refusedText, nil)
+			return nil
+		}
+		if m.stmt.server == "" {
+			c.W.AppendBytes(frame)
+		} else {
+			rewriteBind(c, body, m.portal, m.stmt.server)
+		}
+		s.setPortal(m.portal, m.stmt)
+		if len(m.portal) == 0 {
+			s.unnamedPortalLive = true
+		}
+		s.t.Push(tracker.Unit{Kind: tracker.Bind, Purpose: pUse, Ref: useOf(c, m.stmt)})
+	case 'D':
+		if !m.describePortal {
+			if werr := s.ensureStmt(c, m.stmt); werr != nil {
+				s.t.Push(tracker.Unit{Kind: tracker.Parse, Rewrite: werr})
+				c.W.Parse("", refusedText, nil)
+				return nil
+			}
+			if m.stmt.server == "" {
+				c.W.AppendBytes(frame)
+			} else {
+				rewriteDescribeStmt(c, m.stmt.server)
+			}
+			s.t.Push(tracker.Unit{Kind: tracker.DescribeStmt, Purpose: pUse, Ref: useOf(c, m.stmt)})
+		} else {
+			c.W.AppendBytes(frame)
+			s.t.Push(tracker.Unit{Kind: tracker.DescribePortal})
+		}
+	case 'E':
+		c.W.AppendBytes(frame)
+		s.t.Push(tracker.Unit{Kind: tracker.Execute, Purpose: pUse, Ref: useOf(c, m.stmt)})
+		s.afterExecute(m.stmt)
+	case 'C':
+		c.W.AppendBytes(frame)
+		s.t.Push(tracker.Unit{Kind: tracker.Close})
+	case 'H':
+		c.W.AppendBytes(frame)
+	case 'S':
+		c.W.AppendBytes(frame)
+		s.t.Push(tracker.Unit{Kind: tracker.Sync})
+		s.capturePipelined(c)
+	}
+	return nil
+}
+
+// readExtended decodes and checks one extended-protocol message.
+func (s *Session) readExtended(typ byte, body []byte, m *extMsg) error {
+	switch typ {
+	case 'P':
+		name, query, ok := wire.ParseHead(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Parse message")
+		}
+		sql := text(query)
+		s.scan = sqlscan.Split(sql, s.scan[:0])
+		if v := s.srv.cfg.Policy.Check(sql, s.scan); v != nil {
+			s.srv.obs.GuardRejected()
+			m.refuse = guardError(v.Reason)
+			return nil
+		}
+		if e := s.notInTransactionMode(s.scan); e != nil {
+			m.refuse = e
+			return nil
+		}
+		for i := range s.scan {
+			switch s.scan[i].Kind {
+			case sqlscan.KindPrepare, sqlscan.KindExecute, sqlscan.KindDeallocate, sqlscan.KindDiscard, sqlscan.KindResetAll:
+				m.refuse = wire.Errorf(wire.CodeFeatureNotSupported,
+					"pgtoken handles PREPARE, EXECUTE, DEALLOCATE, DISCARD and RESET ALL only as simple queries")
+				return nil
+			}
+		}
+		n := text(name)
+		if isReserved(n) {
+			m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "statement names beginning with pgtoken_ are reserved")
+			return nil
+		}
+		if n != "" {
+			s.mu.Lock()
+			old := s.stmts[n]
+			s.mu.Unlock()
+			switch {
+			case old != nil && old.unconfirmed:
+				m.wait = true
+				return nil
+			case old != nil:
+				m.refuse = wire.Errorf(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", n)
+				return nil
+			}
+		}
+		types := body[len(name)+1+len(query)+1:]
+		st := &clientStmt{text: strings.Clone(sql), types: append([]byte(nil), types...)}
+		if len(s.scan) == 1 {
+			st.kind, st.flags = s.scan[0].Kind, s.scan[0].Flags
+		}
+		for i := range s.scan {
+			if s.scan[i].Kind == sqlscan.KindSet || s.scan[i].Kind == sqlscan.KindReset || s.scan[i].Flags&sqlscan.FlagSessionSetConfig != 0 {
+				st.setsSession = true
+				st.custom = append(st.custom, s.scan[i].Name)
+				st.custom = append(st.custom, sqlscan.SetConfigNames(sql, &s.scan[i])...)
+			}
+		}
+		if n != "" {
+			st.server = serverStmtName(s.ident.Role, st.types, st.text, "parse")
+		}
+		m.name, m.stmt = name, st
+	case 'B':
+		portal, stmt, ok := wire.BindHead(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Bind message")
+		}
+		m.portal, m.name = portal, stmt
+		if isReserved(text(portal)) {
+			m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "portal names beginning with pgtoken_ are reserved")
+			return nil
+		}
+		if m.stmt = s.lookupStmt(stmt); m.stmt == nil {
+			m.refuse = noSuchStatement(stmt)
+		}
+	case 'D':
+		k, name, ok := wire.TargetName(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Describe message")
+		}
+		if k == 'S' {
+			m.name = name
+			if m.stmt = s.lookupStmt(name); m.stmt == nil {
+				m.refuse = noSuchStatement(name)
+			}
+			return nil
+		}
+		m.portal, m.describePortal = name, true
+		if m.stmt = s.portal(name); m.stmt == nil {
+			m.refuse = noSuchPortal(name)
+		}
+	case 'E':
+		s.pool.NoteQuery() // metrics and SHOW STATS: one atomic add
+		portal, ok := wire.ExecutePortal(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Execute message")
+		}
+		m.portal = portal
+		if m.stmt = s.portal(portal); m.stmt == nil {
+			m.refuse = noSuchPortal(portal)
+		}
+	case 'C':
+		k, name, ok := wire.TargetName(body)
+		if !ok {
+			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Close message")
+		}
+		if k == 'S' {
+			// The statement lives in pgtoken: closing it is the client's
+			// business only. Postgres answers CloseComplete even for a name
+			// that does not exist.
+			m.local, m.purpose, m.ref = wire.MsgCloseComplete, pCloseStmt, string(name)
+			return nil
+		}
+		if s.portal(name) == nil {
+			// Not a portal of the client's (pgtoken's own included):
+			// closing a portal that does not exist is not an error.
+			m.local = wire.MsgCloseComplete
+		}
+	case 'H', 'S':
+	}
+	return nil
+}
+
+// isReserved reports whether a statement or portal name is pgtoken's.
+func isReserved(name string) bool {
+	return len(name) >= 8 && strings.EqualFold(name[:8], "pgtoken_")
+}
+
+func noSuchStatement(name []byte) *wire.Error {
+	if len(name) == 0 {
+		return wire.Errorf(wire.CodeInvalidSQLStatementName, "unnamed prepared statement does not exist")
+	}
+	return wire.Errorf(wire.CodeInvalidSQLStatementName, "prepared statement %q does not exist", name)
+}
+
+// noSuchPortal is Postgres's error for a portal the client did not bind
+// (pgtoken's own portals are not the client's).
+func noSuchPortal(name []byte) *wire.Error {
+	if len(name) == 0 {
+		return wire.Errorf(codeUndefinedCursor, "unnamed portal does not exist")
+	}
+	return wire.Errorf(codeUndefinedCursor, "portal %q does not exist", name)
+}
+
+// codeUndefinedCursor is SQLSTATE 34000.
+const codeUndefinedCursor = "34000"
+
+// afterExecute notes what an executed statement means for the client's
+// portals and settings (under mu).
+func (s *Session) afterExecute(st *clientStmt) {
+	switch st.kindOf() {
+	case sqlscan.KindCommit, sqlscan.KindRollback, sqlscan.KindPrepareTransaction:
+		s.unnamedPortalLive = false // portals end with the transaction
+		clear(s.portals)
+	}
+	if st != nil && st.setsSession {
+		s.capture = true
+		for _, n := range st.custom {
+			s.noteCustom(n)
+		}
+	}
+}
+
+func (st *clientStmt) kindOf() sqlscan.Kind {
+	if st == nil {
+		return sqlscan.KindOther
+	}
+	return st.kind
+}
+
+func (st *clientStmt) flagsOf() sqlscan.Flags {
+	if st == nil {
+		return 0
+	}
+	return st.flags
+}
+
+// setPortal remembers which statement a portal runs (client goroutine).
+func (s *Session) setPortal(name []byte, st *clientStmt) {
+	if len(name) == 0 {
+		s.unnamedPortal = st
+		return
+	}
+	if s.portals == nil {
+		s.portals = map[string]*clientStmt{}
+	}
+	s.portals[string(name)] = st
+}
+
+// portal returns the statement a portal runs, if the client bound it.
+func (s *Session) portal(name []byte) *clientStmt {
+	if len(name) == 0 {
+		if !s.unnamedPortalLive {
+			return nil
+		}
+		return s.unnamedPortal
+	}
+	return s.portals[text(name)]
+}
+
+// extendedPrelude writes, for an extended-protocol message or a
+// FunctionCall, what the tracker said goes in front of it: the hand-over
+// reset, the prelude (for the transaction, or for the session before a
+// procedure) and the settings replay, each a bound statement of pgtoken's
+// (parsed once per server connection) executed into the unnamed portal —
+// or into a portal of its own when the client's unnamed portal is live.
+// Their answers are swallowed; an error reaches the client, and the server
+// skips the client's messages up to Sync. Under mu.
+func (s *Session) extendedPrelude(c *pool.Conn, step tracker.Step) {
+	if step.Prelude == tracker.NoPrelude {
+		return
+	}
+	work := s.stickyWork(c, step.Reset)
+	if work.reset {
+		for _, st := range resetStmts {
+			s.runOwn(c, st, nil)
+		}
+	}
+	if step.Prelude == tracker.SessionPrelude {
+		s.runOwn(c, s.srv.sessionStmts.get(s.pre.settings()), s.pre.args)
+	} else {
+		s.runOwn(c, s.pre.stmt, s.pre.args)
+	}
+	if len(work.replay) > 0 {
+		s.runOwn(c, s.srv.sessionStmts.get(len(work.replay)), work.args())
+	}
+	s.afterSticky(c, work)
+}
+
+// runOwn writes one of pgtoken's statements, bound with args (encoded
+// Bind parameters) and executed, parsing it first if c lacks it. Under mu.
+func (s *Session) runOwn(c *pool.Conn, st *ownStmt, args []byte) {
+	if !c.Prepared[st.name] {
+		c.W.Parse(st.name, st.sql, nil)
+		c.Prepared[st.name] = true // later uses in this batch must not Parse again
+		s.t.Push(tracker.Unit{Kind: tracker.Parse, Own: tracker.OwnPrelude, Purpose: pOwnParse, Ref: ownParseRef{c, st.name}})
+	}
+	if args == nil {
+		args = noArgs
+	}
+	portal := ""
+	if s.unnamedPortalLive {
+		portal = ownPortal
+	}
+	c.W.Bind(portal, st.name, args)
+	c.W.Execute(portal)
+	s.t.Push(tracker.Unit{Kind: tracker.Bind, Own: tracker.OwnPrelude})
+	s.t.Push(tracker.Unit{Kind: tracker.Execute, Own: tracker.OwnPrelude})
+	if portal != "" {
+		c.W.Target('C', 'P', portal)
+		s.t.Push(tracker.Unit{Kind: tracker.Close, Own: tracker.OwnPrelude})
+	}
+}
+
+// noArgs is the parameter section of a Bind without parameters.
+var noArgs = []byte{0, 0, 0, 0, 0, 0}
