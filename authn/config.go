@@ -36,6 +36,11 @@ type Config struct {
 
 	ClaimsPrefix string // per-claim settings are named ClaimsPrefix.<claim>; "" = no per-claim settings
 	ClaimsJSON   string // setting holding the whole claims object as JSON; "" = none
+	// ClaimsNamespaces are lifted (a listed claim holding an object is
+	// replaced by its members) or stripped (a listed prefix of a claim's
+	// name is removed) before claims become settings and before the role
+	// claim is looked up; see claimnames.go.
+	ClaimsNamespaces []string
 
 	CacheSize     int // verified-token cache entries; 0 = 10000; <0 disables
 	MaxTokenBytes int // 0 = 16384; longer tokens are malformed
@@ -57,7 +62,7 @@ type Identity struct {
 	Role      string
 	Sub, JTI  string    // for logs; "" if absent; a non-string value as JSON text
 	ExpiresAt time.Time // zero if the token has no exp
-	Settings  []Setting // per-claim settings sorted by name, then the ClaimsJSON setting; the role is not among them
+	Settings  []Setting // per-claim settings sorted by name ignoring case, then the ClaimsJSON setting; the role is not among them
 }
 
 const (
@@ -75,6 +80,7 @@ type settings struct {
 	anonRole     string
 	prefix       string
 	jsonName     string
+	namespaces   []string
 	cacheSize    int
 	maxBytes     int
 	refreshEvery time.Duration
@@ -163,6 +169,15 @@ func (c *Config) validate() (*settings, error) {
 		}
 	}
 	s.prefix, s.jsonName = c.ClaimsPrefix, c.ClaimsJSON
+	for _, ns := range c.ClaimsNamespaces {
+		switch {
+		case ns == "":
+			return nil, errors.New("ClaimsNamespaces: a namespace is empty")
+		case slices.Contains(s.namespaces, ns):
+			return nil, fmt.Errorf("ClaimsNamespaces: %q is listed twice", ns)
+		}
+		s.namespaces = append(s.namespaces, ns)
+	}
 
 	if len(c.Algorithms) > 0 {
 		s.explicitAlgs = []string{}

@@ -43,6 +43,8 @@ type Verifier struct {
 	rebuildMu sync.Mutex
 	cache     *tokenCache
 
+	claimsWarned claimWarnings
+
 	ctx       context.Context
 	cancel    context.CancelFunc
 	closeOnce sync.Once
@@ -323,15 +325,28 @@ func (v *Verifier) classify(tok *jwt.Token, err error, c *call, claims *claimSet
 
 // identity resolves the role and builds the settings of a verified token.
 func (v *Verifier) identity(c *claimSet) (*Identity, *Error) {
-	role, err := v.role(c)
+	named, err := applyNamespaces(c.members, v.namespaces)
+	if err != nil {
+		return nil, err
+	}
+	role, err := v.role(c, named)
 	if err != nil {
 		return nil, err
 	}
 	id := &Identity{
-		Role:     role,
-		Sub:      c.stringClaim("sub"),
-		JTI:      c.stringClaim("jti"),
-		Settings: c.settings(v.prefix, v.jsonName),
+		Role: role,
+		Sub:  c.stringClaim("sub"),
+		JTI:  c.stringClaim("jti"),
+	}
+	if v.prefix != "" {
+		var issues claimIssues
+		id.Settings, issues = claimSettings(named, v.prefix)
+		if !issues.empty() {
+			v.claimsWarned.log(v.log, &issues)
+		}
+	}
+	if v.jsonName != "" {
+		id.Settings = append(id.Settings, Setting{Name: v.jsonName, Value: string(c.compact)})
 	}
 	if exp := c.expiry(); !exp.IsZero() {
 		id.ExpiresAt = exp.UTC()
@@ -339,11 +354,18 @@ func (v *Verifier) identity(c *claimSet) (*Identity, *Error) {
 	return id, nil
 }
 
-func (v *Verifier) role(c *claimSet) (string, *Error) {
+// role follows the role path from the token's own top-level claims, or,
+// when the first name is not among them, from the names the namespaces
+// gave (so .x-hasura-default-role finds the lifted Hasura claim).
+func (v *Verifier) role(c *claimSet, named []namedClaim) (string, *Error) {
 	name := v.rolePath.first()
 	var val any
 	found := false
-	if raw, ok := c.lookup(name); ok {
+	raw, ok := c.lookup(name)
+	if !ok {
+		raw, ok = lookupNamed(named, name)
+	}
+	if ok {
 		var top any
 		if err := decodeJSON(raw, &top); err != nil {
 			return "", reject(ReasonMalformed, "token claims are not valid JSON", err)
@@ -367,6 +389,38 @@ func (v *Verifier) role(c *claimSet) (string, *Error) {
 		return "", reject(ReasonRole, fmt.Sprintf("token role %q is not allowed", role), nil)
 	}
 	return role, nil
+}
+
+// maxClaimWarnings bounds how many distinct claim issues a Verifier
+// remembers having logged.
+const maxClaimWarnings = 256
+
+// claimWarnings logs claims left out of the settings: at WARN the first
+// time a Verifier meets a given set of issues, at DEBUG after that, so that
+// every login of every user of a misconfigured issuer does not log a warning.
+type claimWarnings struct {
+	mu   sync.Mutex
+	seen map[string]struct{}
+}
+
+func (w *claimWarnings) log(log *zap.Logger, issues *claimIssues) {
+	key := issues.key()
+	w.mu.Lock()
+	_, seen := w.seen[key]
+	if !seen && len(w.seen) < maxClaimWarnings {
+		if w.seen == nil {
+			w.seen = map[string]struct{}{}
+		}
+		w.seen[key] = struct{}{}
+	}
+	w.mu.Unlock()
+	level := zap.WarnLevel
+	if seen {
+		level = zap.DebugLevel
+	}
+	if ce := log.Check(level, "token claims left without a setting (see \"How claim names become settings\" in docs/CONFIG.md)"); ce != nil {
+		ce.Write(zap.Strings("unmappable", issues.unmappable), zap.Strings("shadowed", issues.shadowed))
+	}
 }
 
 func decodeJSON(raw []byte, dst any) error {

@@ -111,7 +111,9 @@ func AuthnConfig(c config.Config, log *zap.Logger) authn.Config {
 		ClaimsPrefix: c.Claims.Prefix,
 		ClaimsJSON:   c.Claims.JSON,
 		CacheSize:    c.JWT.CacheSize,
-		Logger:       log,
+
+		ClaimsNamespaces: c.Claims.Namespaces,
+		Logger:           log,
 	}
 }
 

@@ -82,8 +82,9 @@ type JWT struct {
 
 // Claims configures how claims reach Postgres.
 type Claims struct {
-	Prefix string `yaml:"prefix" doc:"each claim becomes the setting <prefix>.<name>"`
-	JSON   string `yaml:"json" doc:"setting that receives all claims as JSON (e.g. request.jwt.claims); empty disables"`
+	Prefix     string     `yaml:"prefix" doc:"each claim becomes the setting <prefix>.<name>, its name mapped as the section below says"`
+	JSON       string     `yaml:"json" doc:"setting that receives all claims as JSON, exactly as the token holds them (e.g. request.jwt.claims); empty disables"`
+	Namespaces StringList `yaml:"namespaces" doc:"a listed claim whose value is a JSON object has its members lifted to the top level (Hasura: https://hasura.io/jwt/claims); a listed prefix is stripped from claim names (Platformatic, Auth0: https://platformatic.dev/); applies to the settings and to jwt.role_claim" reload:"yes"`
 }
 
 // TLS configures client-facing TLS.
@@ -367,6 +368,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Claims.JSON != "" && !validSettingPath(c.Claims.JSON) {
 		bad("claims.json", "want a dotted identifier like request.jwt.claims, got %q", c.Claims.JSON)
+	}
+	for i, ns := range c.Claims.Namespaces {
+		switch {
+		case ns == "":
+			bad("claims.namespaces", "entry %d is empty", i+1)
+		case slices.Contains(c.Claims.Namespaces[:i], ns):
+			bad("claims.namespaces", "%q is listed twice", ns)
+		}
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		bad("tls", "set both tls.cert and tls.key, or neither")
