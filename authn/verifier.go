@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 )
@@ -33,11 +32,9 @@ type Verifier struct {
 	now        func() time.Time // replaced in tests
 
 	static       atomic.Pointer[staticKeys]
-	http         []*httpSource
-	httpStore    jwkset.Storage // nil without HTTP JWKS
+	jwks         *jwksGroup            // the jwt.jwks URLs; nil without any
+	issuers      map[string]*jwksGroup // jwt.jwks_issuers, by issuer without a trailing '/'
 	ownTransport *http.Transport
-	refreshMu    sync.Mutex
-	refreshing   chan struct{} // closed when the running unknown-kid refresh ends
 
 	parser    atomic.Pointer[parserState]
 	rebuildMu sync.Mutex
@@ -91,11 +88,9 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	v.rebuildParser()
 
 	v.ctx, v.cancel = context.WithCancel(ctx)
-	if len(v.httpJWKS) > 0 {
-		if err := v.startHTTP(v.httpJWKS, cfg.HTTPClient); err != nil {
-			v.Close()
-			return nil, fmt.Errorf("authn: %w", err)
-		}
+	if err := v.startHTTP(cfg.HTTPClient); err != nil {
+		v.Close()
+		return nil, fmt.Errorf("authn: %w", err)
 	}
 	if v.KeyCount() == 0 {
 		v.log.Warn("no verification key loaded yet; tokens are refused until a JWKS refresh succeeds")
@@ -204,12 +199,12 @@ func (v *Verifier) verify(token string) (*Identity, error) {
 	if err == nil {
 		return id, nil
 	}
-	if err.Reason == ReasonAlgorithm && !c.called && v.explicitAlgs == nil && v.httpStore != nil && tok != nil && tok.Method != nil {
+	if err.Reason == ReasonAlgorithm && !c.called && v.explicitAlgs == nil && tok != nil && tok.Method != nil {
 		// The allowlist is derived from the keys, and a rotation to a new
 		// key type is only seen after a refresh: look the kid up (which may
 		// refresh) and, if that found a key for this algorithm, parse again.
 		if kid, _ := tok.Header["kid"].(string); kid != "" && isSupportedAlg(tok.Method.Alg()) {
-			if k := v.keyByKIDRefresh(kid); k != nil && k.accepts(tok.Method.Alg()) {
+			if k := v.refreshedKey(tok, kid); k != nil && k.accepts(tok.Method.Alg()) {
 				v.rebuildParser()
 				id, _, _, err = v.parse(v.parser.Load().p, token)
 				if err == nil {
@@ -235,6 +230,45 @@ func (v *Verifier) parse(p *jwt.Parser, token string) (*Identity, *jwt.Token, *c
 	return id, tok, c, rerr
 }
 
+// refreshedKey looks kid up for a token the allowlist refused, refreshing
+// the HTTP JWKS the token's keys would come from; nil if there are none.
+func (v *Verifier) refreshedKey(tok *jwt.Token, kid string) *vkey {
+	g, err := v.issuerGroup(tok)
+	switch {
+	case err != nil:
+		return nil
+	case g != nil:
+		return g.keyByKIDRefresh(kid)
+	case v.jwks != nil:
+		return v.keyByKIDRefresh(kid)
+	}
+	return nil
+}
+
+// issuerGroup returns the keys of the token's issuer when it is one of
+// jwt.jwks_issuers. A token from any other issuer, or with none, is
+// checked with the other keys (nil, nil); if there are none it is refused
+// here, before any key is looked up or fetched.
+func (v *Verifier) issuerGroup(t *jwt.Token) (*jwksGroup, *Error) {
+	if len(v.issuers) == 0 {
+		return nil, nil
+	}
+	var iss string
+	if c, ok := t.Claims.(*claimSet); ok {
+		iss = c.iss
+	}
+	if g := v.issuers[trimIssuer(iss)]; g != nil && iss != "" {
+		return g, nil
+	}
+	if v.secret != "" || len(v.pemPaths) > 0 || len(v.fileJWKS) > 0 || len(v.httpJWKS) > 0 {
+		return nil, nil
+	}
+	if iss == "" {
+		return nil, reject(ReasonIssuer, "token has no iss claim", nil)
+	}
+	return nil, reject(ReasonIssuer, fmt.Sprintf("token issuer %q is not trusted", clip(iss)), nil)
+}
+
 // keyfunc selects the key(s) golang-jwt checks the signature with.
 func (c *call) keyfunc(t *jwt.Token) (any, error) {
 	c.called = true
@@ -243,24 +277,30 @@ func (c *call) keyfunc(t *jwt.Token) (any, error) {
 		return nil, malformed("token header has a crit parameter, which is not supported")
 	}
 	alg := t.Method.Alg()
+	var kid string
 	if raw, ok := t.Header["kid"]; ok {
-		kid, ok := raw.(string)
-		if !ok {
+		if kid, ok = raw.(string); !ok {
 			return nil, malformed("token kid is not a string")
 		}
-		// Without any JWKS a kid names nothing pgtoken knows (identity
-		// providers set one even on HS256 tokens), so it is ignored and the
-		// configured secret and PEM keys decide.
-		if kid != "" && (len(v.fileJWKS) > 0 || len(v.httpJWKS) > 0) {
-			k := v.keyByKIDRefresh(kid)
-			if k == nil {
-				return nil, reject(ReasonUnknownKID, fmt.Sprintf("token key id %q is unknown", clip(kid)), nil)
-			}
-			if !k.accepts(alg) {
-				return nil, reject(ReasonAlgorithm, fmt.Sprintf("token algorithm %s does not match key %q", alg, clip(kid)), nil)
-			}
+	}
+	g, err := v.issuerGroup(t)
+	if err != nil {
+		return nil, err
+	}
+	if g != nil { // an issuer of jwt.jwks_issuers: its own keys only
+		if kid != "" {
+			return keyForKID(g.keyByKIDRefresh(kid), kid, alg)
+		}
+		if k := g.kidlessKey(alg); k != nil {
 			return k.key, nil
 		}
+		return nil, reject(ReasonUnknownKID, fmt.Sprintf("token has no kid and its issuer's JWKS has no single key for %s", alg), nil)
+	}
+	// Without any JWKS a kid names nothing pgtoken knows (identity
+	// providers set one even on HS256 tokens), so it is ignored and the
+	// configured secret and PEM keys decide.
+	if kid != "" && (len(v.fileJWKS) > 0 || len(v.httpJWKS) > 0) {
+		return keyForKID(v.keyByKIDRefresh(kid), kid, alg)
 	}
 	keys := v.kidlessKeys(alg)
 	switch len(keys) {
@@ -278,6 +318,17 @@ func (c *call) keyfunc(t *jwt.Token) (any, error) {
 		}
 		return set, nil
 	}
+}
+
+// keyForKID returns the key k found for kid, if it can check alg.
+func keyForKID(k *vkey, kid, alg string) (any, error) {
+	if k == nil {
+		return nil, reject(ReasonUnknownKID, fmt.Sprintf("token key id %q is unknown", clip(kid)), nil)
+	}
+	if !k.accepts(alg) {
+		return nil, reject(ReasonAlgorithm, fmt.Sprintf("token algorithm %s does not match key %q", alg, clip(kid)), nil)
+	}
+	return k.key, nil
 }
 
 // classify maps a golang-jwt error to an *Error.

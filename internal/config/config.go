@@ -66,6 +66,7 @@ type Database struct {
 type JWT struct {
 	Secret       string     `yaml:"secret" doc:"HS256/384/512 shared secret" secret:"all" reload:"yes"`
 	JWKS         StringList `yaml:"jwks" doc:"JWKS URL(s): file:///path or https://issuer/.well-known/jwks.json" reload:"yes"`
+	JWKSIssuers  StringList `yaml:"jwks_issuers" doc:"issuers (https://issuer.example) whose tokens are checked with the keys at <iss>/.well-known/jwks.json, and only with those (fetched at start, refreshed like jwt.jwks, also on an unknown kid); tokens with another iss, or none, are checked with the other keys, and refused without any request if there are none" reload:"yes"`
 	PublicKeys   StringList `yaml:"public_keys" doc:"PEM public-key files (RSA, ECDSA, Ed25519)" reload:"yes"`
 	Algorithms   StringList `yaml:"algorithms" doc:"allowed algorithms; empty = every family with a configured key" reload:"yes"`
 	Issuer       string     `yaml:"issuer" doc:"required iss, when set" reload:"yes"`
@@ -339,8 +340,8 @@ func (c *Config) Validate() error {
 			bad("databases."+name+".pool_size", "must not be negative")
 		}
 	}
-	if c.JWT.Secret == "" && len(c.JWT.JWKS) == 0 && len(c.JWT.PublicKeys) == 0 {
-		bad("jwt", "no key configured: set jwt.secret, jwt.jwks or jwt.public_keys")
+	if c.JWT.Secret == "" && len(c.JWT.JWKS) == 0 && len(c.JWT.PublicKeys) == 0 && len(c.JWT.JWKSIssuers) == 0 {
+		bad("jwt", "no key configured: set jwt.secret, jwt.jwks, jwt.public_keys or jwt.jwks_issuers")
 	}
 	if len(c.JWT.AllowedRoles) == 0 {
 		bad("jwt.allowed_roles", "required: the roles a token may name")
