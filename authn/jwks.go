@@ -89,26 +89,28 @@ type jwksGroup struct {
 }
 
 // startHTTP starts the jwt.jwks group and one group per issuer of
-// jwt.jwks_issuers, each fetched once now.
+// jwt.jwks_issuers, each fetched once now. Every group is in place before
+// the first fetch, whose keys change the derived algorithm allowlist.
 func (v *Verifier) startHTTP(cfgClient *http.Client) error {
 	if len(v.httpJWKS) == 0 && len(v.jwksIssuers) == 0 {
 		return nil
 	}
-	client := v.httpClient(cfgClient)
+	var groups []*jwksGroup
 	if len(v.httpJWKS) > 0 {
-		g, err := v.newJWKSGroup(v.httpJWKS, client)
-		if err != nil {
-			return err
-		}
-		v.jwks = g
+		v.jwks = v.newJWKSGroup(v.httpJWKS)
+		groups = append(groups, v.jwks)
 	}
 	v.issuers = make(map[string]*jwksGroup, len(v.jwksIssuers))
 	for _, iss := range v.jwksIssuers {
-		g, err := v.newJWKSGroup([]string{iss + "/.well-known/jwks.json"}, client)
-		if err != nil {
+		g := v.newJWKSGroup([]string{iss + "/.well-known/jwks.json"})
+		v.issuers[iss] = g
+		groups = append(groups, g)
+	}
+	client := v.httpClient(cfgClient)
+	for _, g := range groups {
+		if err := g.start(client); err != nil {
 			return err
 		}
-		v.issuers[iss] = g
 	}
 	return nil
 }
@@ -131,14 +133,20 @@ func (v *Verifier) httpClient(cfg *http.Client) *http.Client {
 	return &http.Client{Transport: v.ownTransport}
 }
 
-// newJWKSGroup fetches each URL once (a failure is logged, not fatal) and
-// starts jwkset's refresh goroutines, bound to v.ctx.
-func (v *Verifier) newJWKSGroup(urls []string, client *http.Client) (*jwksGroup, error) {
+// newJWKSGroup returns the group of urls, not fetched yet.
+func (v *Verifier) newJWKSGroup(urls []string) *jwksGroup {
 	g := &jwksGroup{v: v, sources: make([]*httpSource, len(urls))}
 	for i, u := range urls {
 		g.sources[i] = &httpSource{Storage: jwkset.NewMemoryStorage(), url: u, v: v}
 	}
-	stores := make(map[string]jwkset.Storage, len(urls))
+	return g
+}
+
+// start fetches each of the group's documents once (a failure is logged,
+// not fatal) and starts jwkset's refresh goroutines, bound to v.ctx.
+func (g *jwksGroup) start(client *http.Client) error {
+	v := g.v
+	stores := make(map[string]jwkset.Storage, len(g.sources))
 	for _, src := range g.sources {
 		st, err := jwkset.NewStorageFromHTTP(src.url, jwkset.HTTPClientStorageOptions{
 			Client:                    client,
@@ -150,7 +158,7 @@ func (v *Verifier) newJWKSGroup(urls []string, client *http.Client) (*jwksGroup,
 			Storage:                   src,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("JWKS %s: %w", redactURL(src.url), err)
+			return fmt.Errorf("JWKS %s: %w", redactURL(src.url), err)
 		}
 		stores[src.url] = st
 	}
@@ -160,10 +168,10 @@ func (v *Verifier) newJWKSGroup(urls []string, client *http.Client) (*jwksGroup,
 		RefreshUnknownKID: rate.NewLimiter(rate.Every(unknownKIDRefreshEvery), 1),
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	g.store = store
-	return g, nil
+	return nil
 }
 
 // snapshots calls fn with the keys of each document fetched so far. A nil

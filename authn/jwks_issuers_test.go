@@ -77,6 +77,10 @@ func TestJWKSIssuers(t *testing.T) {
 	if ok, fails := log.counts(); ok != 2 || fails != 0 || v.KeyCount() != 2 {
 		t.Fatalf("refreshes %d ok %d failed, %d keys", ok, fails, v.KeyCount())
 	}
+	// The keys fetched at start are in the derived allowlist at once.
+	if got := v.parser.Load().algs; strings.Join(got, " ") != "RS256 ES256" {
+		t.Fatalf("derived algorithms = %v", got)
+	}
 	tok := func(method jwt.SigningMethod, key any, kid, iss string) string {
 		h := map[string]any{}
 		if kid != "" {
