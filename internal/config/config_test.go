@@ -225,7 +225,11 @@ claims: {namespaces: ["https://hasura.io/jwt/claims", "https://platformatic.dev/
 func TestRedactedHidesJWKSCredentials(t *testing.T) {
 	cfg := Default()
 	cfg.JWT.JWKS = StringList{"https://user:tok3n@idp/jwks.json", "file:///k.json"}
+	cfg.JWT.JWKSIssuers = StringList{"https://user:tok3n@idp"}
 	r := cfg.Redacted()
+	if strings.Contains(r.JWT.JWKSIssuers[0], "tok3n") || cfg.JWT.JWKSIssuers[0] != "https://user:tok3n@idp" {
+		t.Fatalf("issuers: %v (original %v)", r.JWT.JWKSIssuers, cfg.JWT.JWKSIssuers)
+	}
 	if strings.Contains(r.JWT.JWKS[0], "tok3n") || r.JWT.JWKS[1] != "file:///k.json" || cfg.JWT.JWKS[0] != "https://user:tok3n@idp/jwks.json" {
 		t.Fatalf("JWKS URLs: %v (original %v)", r.JWT.JWKS, cfg.JWT.JWKS)
 	}
