@@ -3,6 +3,7 @@ package authn
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -52,32 +53,14 @@ func (c *claimSet) UnmarshalJSON(b []byte) error {
 	if hasEscapedNUL(b) {
 		return malformed("token claims contain a NUL character")
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	tok, err := dec.Token()
-	if err != nil {
-		return reject(ReasonMalformed, "token claims are not valid JSON", err)
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	members, dup, err := decodeObject(b)
+	switch {
+	case errors.Is(err, errNotObject):
 		return malformed("token claims are not a JSON object")
-	}
-	var members []member
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return reject(ReasonMalformed, "token claims are not valid JSON", err)
-		}
-		name, _ := tok.(string)
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return reject(ReasonMalformed, "token claims are not valid JSON", err)
-		}
-		members = append(members, member{name: name, raw: raw})
-	}
-	sort.Slice(members, func(i, j int) bool { return members[i].name < members[j].name })
-	for i := 1; i < len(members); i++ {
-		if members[i].name == members[i-1].name {
-			return malformed(fmt.Sprintf("token claim %q appears more than once", clip(members[i].name)))
-		}
+	case err != nil:
+		return reject(ReasonMalformed, "token claims are not valid JSON", err)
+	case dup != "":
+		return malformed(fmt.Sprintf("token claim %q appears more than once", clip(dup)))
 	}
 	c.members = members
 
@@ -170,24 +153,6 @@ func settingValue(raw json.RawMessage) string {
 		return string(raw)
 	}
 	return buf.String()
-}
-
-// settings builds the per-claim settings (sorted by claim name) and the
-// whole-claims JSON setting.
-func (c *claimSet) settings(prefix, jsonName string) []Setting {
-	var out []Setting
-	if prefix != "" {
-		for _, m := range c.members { // already sorted by name
-			if !IsSettingIdent(m.name) {
-				continue
-			}
-			out = append(out, Setting{Name: prefix + "." + m.name, Value: settingValue(m.raw)})
-		}
-	}
-	if jsonName != "" {
-		out = append(out, Setting{Name: jsonName, Value: string(c.compact)})
-	}
-	return out
 }
 
 // IsSettingIdent reports whether s matches ^[A-Za-z_][A-Za-z0-9_$]*$: an

@@ -12,12 +12,18 @@ import (
 	"go.uber.org/zap"
 )
 
-// Config configures a Verifier. At least one key source (Secret, JWKS or
-// PublicKeys) and at least one AllowedRoles entry are required.
+// Config configures a Verifier. At least one key source (Secret, JWKS,
+// PublicKeys or JWKSIssuers) and at least one AllowedRoles entry are
+// required.
 type Config struct {
 	Secret     string   // HS256/384/512 shared secret (the string's bytes); "" = none
 	JWKS       []string // file:///path or http(s)://... JWKS URLs (RSA, EC, OKP/Ed25519 public keys; oct keys = HS secrets with a kid)
 	PublicKeys []string // paths of PEM public-key files (RSA, ECDSA P-256/384/521, Ed25519); kid-less
+	// JWKSIssuers are issuers (http(s)://host[/path]) whose tokens are
+	// checked with the keys at <iss>/.well-known/jwks.json, and with no
+	// other key; a trailing '/' does not matter. Tokens from other issuers
+	// are checked with the other keys, and refused if there are none.
+	JWKSIssuers []string
 
 	// Algorithms is the allowlist; empty means every algorithm for which a
 	// key is configured (HS* for Secret or oct JWKs, RS* and PS* for RSA
@@ -36,6 +42,11 @@ type Config struct {
 
 	ClaimsPrefix string // per-claim settings are named ClaimsPrefix.<claim>; "" = no per-claim settings
 	ClaimsJSON   string // setting holding the whole claims object as JSON; "" = none
+	// ClaimsNamespaces are lifted (a listed claim holding an object is
+	// replaced by its members) or stripped (a listed prefix of a claim's
+	// name is removed) before claims become settings and before the role
+	// claim is looked up; see claimnames.go.
+	ClaimsNamespaces []string
 
 	CacheSize     int // verified-token cache entries; 0 = 10000; <0 disables
 	MaxTokenBytes int // 0 = 16384; longer tokens are malformed
@@ -57,7 +68,7 @@ type Identity struct {
 	Role      string
 	Sub, JTI  string    // for logs; "" if absent; a non-string value as JSON text
 	ExpiresAt time.Time // zero if the token has no exp
-	Settings  []Setting // per-claim settings sorted by name, then the ClaimsJSON setting; the role is not among them
+	Settings  []Setting // per-claim settings sorted by name ignoring case, then the ClaimsJSON setting; the role is not among them
 }
 
 const (
@@ -75,6 +86,7 @@ type settings struct {
 	anonRole     string
 	prefix       string
 	jsonName     string
+	namespaces   []string
 	cacheSize    int
 	maxBytes     int
 	refreshEvery time.Duration
@@ -82,6 +94,7 @@ type settings struct {
 	explicitAlgs []string // nil: derived from the configured keys
 	fileJWKS     []jwksFile
 	httpJWKS     []string
+	jwksIssuers  []string // without a trailing '/'
 }
 
 type jwksFile struct{ url, path string }
@@ -163,6 +176,15 @@ func (c *Config) validate() (*settings, error) {
 		}
 	}
 	s.prefix, s.jsonName = c.ClaimsPrefix, c.ClaimsJSON
+	for _, ns := range c.ClaimsNamespaces {
+		switch {
+		case ns == "":
+			return nil, errors.New("ClaimsNamespaces: a namespace is empty")
+		case slices.Contains(s.namespaces, ns):
+			return nil, fmt.Errorf("ClaimsNamespaces: %q is listed twice", ns)
+		}
+		s.namespaces = append(s.namespaces, ns)
+	}
 
 	if len(c.Algorithms) > 0 {
 		s.explicitAlgs = []string{}
@@ -201,8 +223,27 @@ func (c *Config) validate() (*settings, error) {
 			return nil, fmt.Errorf("JWKS URL %q: scheme must be file, http or https", u.Redacted())
 		}
 	}
-	if c.Secret == "" && len(c.JWKS) == 0 && len(c.PublicKeys) == 0 {
-		return nil, errors.New("no verification key configured: set Secret, JWKS or PublicKeys")
+	for _, raw := range c.JWKSIssuers {
+		u, err := url.Parse(raw)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("JWKSIssuers: %w", err)
+		case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+			return nil, fmt.Errorf("JWKSIssuers: %q is not an http(s)://host issuer URL", u.Redacted())
+		case u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "":
+			return nil, fmt.Errorf("JWKSIssuers: %q: an issuer has no user, query or fragment", u.Redacted())
+		}
+		iss := trimIssuer(raw)
+		if slices.Contains(s.jwksIssuers, iss) {
+			return nil, fmt.Errorf("JWKSIssuers: %q is listed twice", raw)
+		}
+		if c.Issuer != "" && trimIssuer(c.Issuer) != iss {
+			return nil, fmt.Errorf("JWKSIssuers: %q can never be accepted: Issuer requires %q", raw, c.Issuer)
+		}
+		s.jwksIssuers = append(s.jwksIssuers, iss)
+	}
+	if c.Secret == "" && len(c.JWKS) == 0 && len(c.PublicKeys) == 0 && len(c.JWKSIssuers) == 0 {
+		return nil, errors.New("no verification key configured: set Secret, JWKS, PublicKeys or JWKSIssuers")
 	}
 	return s, nil
 }

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -72,20 +74,80 @@ func (s *httpSource) refreshFailed(_ context.Context, err error) {
 	}
 }
 
-// startHTTP fetches each HTTP JWKS once (a failure is logged, not fatal)
-// and starts jwkset's refresh goroutines, bound to v.ctx.
-func (v *Verifier) startHTTP(urls []string, client *http.Client) error {
-	if client == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		v.ownTransport = tr
-		client = &http.Client{Transport: tr}
+// jwksGroup is HTTP JWKS documents whose keys are looked up together and
+// refreshed together: the jwt.jwks URLs, or one issuer's
+// <iss>/.well-known/jwks.json. jwkset refreshes each in the background; a
+// kid that no key of the group has makes the group fetch its documents
+// again, one refresh at once and then one per unknownKIDRefreshEvery, per
+// group.
+type jwksGroup struct {
+	v          *Verifier
+	sources    []*httpSource
+	store      jwkset.Storage
+	refreshMu  sync.Mutex
+	refreshing chan struct{} // closed when the running unknown-kid refresh ends
+}
+
+// startHTTP starts the jwt.jwks group and one group per issuer of
+// jwt.jwks_issuers, each fetched once now. Every group is in place before
+// the first fetch, whose keys change the derived algorithm allowlist.
+func (v *Verifier) startHTTP(cfgClient *http.Client) error {
+	if len(v.httpJWKS) == 0 && len(v.jwksIssuers) == 0 {
+		return nil
 	}
-	v.http = make([]*httpSource, len(urls))
+	var groups []*jwksGroup
+	if len(v.httpJWKS) > 0 {
+		v.jwks = v.newJWKSGroup(v.httpJWKS)
+		groups = append(groups, v.jwks)
+	}
+	v.issuers = make(map[string]*jwksGroup, len(v.jwksIssuers))
+	for _, iss := range v.jwksIssuers {
+		g := v.newJWKSGroup([]string{iss + "/.well-known/jwks.json"})
+		v.issuers[iss] = g
+		groups = append(groups, g)
+	}
+	client := v.httpClient(cfgClient)
+	for _, g := range groups {
+		if err := g.start(client); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// trimIssuer is an issuer as jwt.jwks_issuers are kept: without a trailing
+// '/', so that https://tenant.auth0.com/ (Auth0's iss) and
+// https://tenant.auth0.com are one issuer, whose keys are at
+// https://tenant.auth0.com/.well-known/jwks.json.
+func trimIssuer(iss string) string { return strings.TrimSuffix(iss, "/") }
+
+// httpClient is Config.HTTPClient, or a client of v's own (whose idle
+// connections Close closes).
+func (v *Verifier) httpClient(cfg *http.Client) *http.Client {
+	if cfg != nil {
+		return cfg
+	}
+	if v.ownTransport == nil {
+		v.ownTransport = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	return &http.Client{Transport: v.ownTransport}
+}
+
+// newJWKSGroup returns the group of urls, not fetched yet.
+func (v *Verifier) newJWKSGroup(urls []string) *jwksGroup {
+	g := &jwksGroup{v: v, sources: make([]*httpSource, len(urls))}
 	for i, u := range urls {
-		v.http[i] = &httpSource{Storage: jwkset.NewMemoryStorage(), url: u, v: v}
+		g.sources[i] = &httpSource{Storage: jwkset.NewMemoryStorage(), url: u, v: v}
 	}
-	stores := make(map[string]jwkset.Storage, len(urls))
-	for _, src := range v.http {
+	return g
+}
+
+// start fetches each of the group's documents once (a failure is logged,
+// not fatal) and starts jwkset's refresh goroutines, bound to v.ctx.
+func (g *jwksGroup) start(client *http.Client) error {
+	v := g.v
+	stores := make(map[string]jwkset.Storage, len(g.sources))
+	for _, src := range g.sources {
 		st, err := jwkset.NewStorageFromHTTP(src.url, jwkset.HTTPClientStorageOptions{
 			Client:                    client,
 			Ctx:                       v.ctx,
@@ -108,49 +170,90 @@ func (v *Verifier) startHTTP(urls []string, client *http.Client) error {
 	if err != nil {
 		return err
 	}
-	v.httpStore = store
+	g.store = store
 	return nil
 }
 
-// keyByKIDRefresh is keyByKID, but on a miss with HTTP JWKS configured it
-// lets jwkset refresh them (rate-limited) and looks again, waiting at most
-// JWKSUnknownKIDWait. While one such refresh runs, other misses wait for it
-// instead of being turned away by the rate limit, so that a burst of tokens
-// from a newly rotated key is accepted.
-func (v *Verifier) keyByKIDRefresh(kid string) *vkey {
-	if k := v.keyByKID(kid); k != nil || v.httpStore == nil {
-		return k
+// snapshots calls fn with the keys of each document fetched so far. A nil
+// group has none.
+func (g *jwksGroup) snapshots(fn func(*keySnapshot)) {
+	if g == nil {
+		return
 	}
+	for _, s := range g.sources {
+		if snap := s.keys.Load(); snap != nil {
+			fn(snap)
+		}
+	}
+}
+
+// keyByKID finds a key by kid among the group's keys.
+func (g *jwksGroup) keyByKID(kid string) *vkey {
+	var found *vkey
+	g.snapshots(func(s *keySnapshot) {
+		if found == nil {
+			found = s.byKID[kid]
+		}
+	})
+	return found
+}
+
+// refreshFor lets jwkset refresh the group's documents after find(kid)
+// found nothing (rate-limited) and returns find(kid) after that, waiting at
+// most JWKSUnknownKIDWait. While one such refresh runs, other misses wait
+// for it instead of being turned away by the rate limit, so that a burst of
+// tokens from a newly rotated key is accepted.
+func (g *jwksGroup) refreshFor(kid string, find func(string) *vkey) *vkey {
+	v := g.v
 	ctx, cancel := context.WithTimeout(v.ctx, v.kidWait)
 	defer cancel()
-	v.refreshMu.Lock()
-	if running := v.refreshing; running != nil {
-		v.refreshMu.Unlock()
+	g.refreshMu.Lock()
+	if running := g.refreshing; running != nil {
+		g.refreshMu.Unlock()
 		select {
 		case <-running:
 		case <-ctx.Done():
 		}
-		return v.keyByKID(kid)
+		return find(kid)
 	}
 	done := make(chan struct{})
-	v.refreshing = done
-	v.refreshMu.Unlock()
+	g.refreshing = done
+	g.refreshMu.Unlock()
 	defer func() {
-		v.refreshMu.Lock()
-		v.refreshing = nil
-		v.refreshMu.Unlock()
+		g.refreshMu.Lock()
+		g.refreshing = nil
+		g.refreshMu.Unlock()
 		close(done)
 	}()
-	if k := v.keyByKID(kid); k != nil { // a refresh may have just finished
+	if k := find(kid); k != nil { // a refresh may have just finished
 		return k
 	}
-	if _, err := v.httpStore.KeyRead(ctx, kid); err != nil {
+	if _, err := g.store.KeyRead(ctx, kid); err != nil {
 		if !errors.Is(err, jwkset.ErrKeyNotFound) {
 			v.log.Debug("no JWKS refresh for unknown kid", zap.String("kid", clip(kid)), zap.Error(err))
 		}
 		return nil
 	}
-	return v.keyByKID(kid)
+	return find(kid)
+}
+
+// keyByKIDRefresh is keyByKID, but on a miss with HTTP JWKS configured it
+// refreshes them (see jwksGroup.refreshFor).
+func (v *Verifier) keyByKIDRefresh(kid string) *vkey {
+	if k := v.keyByKID(kid); k != nil || v.jwks == nil {
+		return k
+	}
+	return v.jwks.refreshFor(kid, v.keyByKID)
+}
+
+// keyByKIDRefresh is the group's keyByKID, refreshing on a miss: for a
+// token from an issuer of jwt.jwks_issuers, whose keys are that issuer's
+// only.
+func (g *jwksGroup) keyByKIDRefresh(kid string) *vkey {
+	if k := g.keyByKID(kid); k != nil {
+		return k
+	}
+	return g.refreshFor(kid, g.keyByKID)
 }
 
 func redactURL(raw string) string {

@@ -23,8 +23,8 @@ import (
 // with that one key: private (for Mint) and public (for Config.JWKS). The
 // key has a random base64url kid, "alg" and "use":"sig". RSA keys are 2048
 // bits. For HS* the key is a random oct secret (32, 48 or 64 bytes) and
-// public is the same document as private: it holds the secret, so keep it
-// as confidential as the private one.
+// public is nil: a shared secret has no public half, and the private
+// document is what Config.JWKS takes (keep it as confidential there).
 func GenerateJWKS(alg string) (private []byte, public []byte, err error) {
 	var priv, pub any
 	switch alg {
@@ -65,7 +65,7 @@ func GenerateJWKS(alg string) (private []byte, public []byte, err error) {
 		return nil, nil, err
 	}
 	if pub == nil {
-		return private, private, nil
+		return private, nil, nil
 	}
 	public, err = marshalJWKS(pub, jwkset.JWKOptions{Metadata: meta})
 	if err != nil {

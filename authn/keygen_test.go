@@ -28,6 +28,12 @@ func TestGenerateAndMintRoundTrip(t *testing.T) {
 			if err := json.Unmarshal(priv, &pv); err != nil {
 				t.Fatal(err)
 			}
+			if strings.HasPrefix(alg, "HS") {
+				if pub != nil {
+					t.Fatal("HS: a shared secret has no public half, yet public is not nil")
+				}
+				pub = priv // pgtoken verifies with the secret itself
+			}
 			if err := json.Unmarshal(pub, &pb); err != nil {
 				t.Fatal(err)
 			}
@@ -43,8 +49,8 @@ func TestGenerateAndMintRoundTrip(t *testing.T) {
 				t.Fatalf("private %v / public %v: alg, use or kid wrong", keysOnly(pk), keysOnly(uk))
 			}
 			if strings.HasPrefix(alg, "HS") {
-				if string(priv) != string(pub) || pk["kty"] != "oct" || pk["k"] == nil {
-					t.Fatal("HS: public must equal private and hold the oct key")
+				if pk["kty"] != "oct" || pk["k"] == nil {
+					t.Fatal("HS: the private JWKS must hold the oct key")
 				}
 			} else {
 				if pk["d"] == nil {

@@ -263,19 +263,43 @@ func loadStatic(secret string, pemPaths []string, files []jwksFile) (*staticKeys
 	return st, nil
 }
 
-// keyByKID finds a key by kid among the loaded keys.
+// keyByKID finds a key by kid among the keys of file:// JWKS and jwt.jwks
+// URLs (those of jwt.jwks_issuers serve their own issuer only).
 func (v *Verifier) keyByKID(kid string) *vkey {
 	if k := v.static.Load().jwks.byKID[kid]; k != nil {
 		return k
 	}
-	for _, s := range v.http {
-		if snap := s.keys.Load(); snap != nil {
-			if k := snap.byKID[kid]; k != nil {
-				return k
-			}
-		}
+	if v.jwks != nil {
+		return v.jwks.keyByKID(kid)
 	}
 	return nil
+}
+
+// soleKey finds the one JWKS key that accepts alg across the snapshots
+// added to it; a token without a kid is checked with a JWKS key only when
+// exactly one fits.
+type soleKey struct {
+	alg  string
+	n    int
+	only *vkey
+}
+
+func (c *soleKey) add(s *keySnapshot) {
+	if s == nil {
+		return
+	}
+	l := s.byAlg[c.alg]
+	c.n += len(l)
+	if len(l) == 1 {
+		c.only = l[0]
+	}
+}
+
+func (c *soleKey) key() *vkey {
+	if c.n != 1 {
+		return nil
+	}
+	return c.only
 }
 
 // kidlessKeys returns the keys to try for a token without a kid: Secret
@@ -284,26 +308,29 @@ func (v *Verifier) keyByKID(kid string) *vkey {
 func (v *Verifier) kidlessKeys(alg string) []any {
 	st := v.static.Load()
 	keys := st.kidless[alg]
-	var only *vkey
-	n := 0
-	count := func(s *keySnapshot) {
-		if s == nil {
-			return
-		}
-		l := s.byAlg[alg]
-		n += len(l)
-		if len(l) == 1 {
-			only = l[0]
-		}
-	}
-	count(st.jwks)
-	for _, s := range v.http {
-		count(s.keys.Load())
-	}
-	if n == 1 {
-		keys = append(slices.Clip(keys), only.key)
+	c := soleKey{alg: alg}
+	c.add(st.jwks)
+	v.jwks.snapshots(c.add)
+	if k := c.key(); k != nil {
+		keys = append(slices.Clip(keys), k.key)
 	}
 	return keys
+}
+
+// kidlessKey is the group's one key for alg, for a token without a kid.
+func (g *jwksGroup) kidlessKey(alg string) *vkey {
+	c := soleKey{alg: alg}
+	g.snapshots(c.add)
+	return c.key()
+}
+
+// httpSnapshots calls fn with the keys of every HTTP JWKS fetched so far:
+// jwt.jwks and every issuer's.
+func (v *Verifier) httpSnapshots(fn func(*keySnapshot)) {
+	v.jwks.snapshots(fn)
+	for _, g := range v.issuers {
+		g.snapshots(fn)
+	}
 }
 
 // currentAlgs is the allowlist: Config.Algorithms, or else every algorithm
@@ -321,11 +348,7 @@ func (v *Verifier) currentKeyAlgs() []string {
 	out := []string{}
 	for _, alg := range supportedAlgs {
 		ok := len(st.kidless[alg]) > 0 || len(st.jwks.byAlg[alg]) > 0
-		for _, s := range v.http {
-			if snap := s.keys.Load(); snap != nil && len(snap.byAlg[alg]) > 0 {
-				ok = true
-			}
-		}
+		v.httpSnapshots(func(s *keySnapshot) { ok = ok || len(s.byAlg[alg]) > 0 })
 		if ok {
 			out = append(out, alg)
 		}
@@ -338,10 +361,6 @@ func (v *Verifier) currentKeyAlgs() []string {
 func (v *Verifier) KeyCount() int {
 	st := v.static.Load()
 	n := st.n + st.jwks.n
-	for _, s := range v.http {
-		if snap := s.keys.Load(); snap != nil {
-			n += snap.n
-		}
-	}
+	v.httpSnapshots(func(s *keySnapshot) { n += s.n })
 	return n
 }

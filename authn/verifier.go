@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 )
@@ -33,15 +32,15 @@ type Verifier struct {
 	now        func() time.Time // replaced in tests
 
 	static       atomic.Pointer[staticKeys]
-	http         []*httpSource
-	httpStore    jwkset.Storage // nil without HTTP JWKS
+	jwks         *jwksGroup            // the jwt.jwks URLs; nil without any
+	issuers      map[string]*jwksGroup // jwt.jwks_issuers, by issuer without a trailing '/'
 	ownTransport *http.Transport
-	refreshMu    sync.Mutex
-	refreshing   chan struct{} // closed when the running unknown-kid refresh ends
 
 	parser    atomic.Pointer[parserState]
 	rebuildMu sync.Mutex
 	cache     *tokenCache
+
+	claimsWarned claimWarnings
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -89,11 +88,9 @@ func New(ctx context.Context, cfg Config) (*Verifier, error) {
 	v.rebuildParser()
 
 	v.ctx, v.cancel = context.WithCancel(ctx)
-	if len(v.httpJWKS) > 0 {
-		if err := v.startHTTP(v.httpJWKS, cfg.HTTPClient); err != nil {
-			v.Close()
-			return nil, fmt.Errorf("authn: %w", err)
-		}
+	if err := v.startHTTP(cfg.HTTPClient); err != nil {
+		v.Close()
+		return nil, fmt.Errorf("authn: %w", err)
 	}
 	if v.KeyCount() == 0 {
 		v.log.Warn("no verification key loaded yet; tokens are refused until a JWKS refresh succeeds")
@@ -202,12 +199,12 @@ func (v *Verifier) verify(token string) (*Identity, error) {
 	if err == nil {
 		return id, nil
 	}
-	if err.Reason == ReasonAlgorithm && !c.called && v.explicitAlgs == nil && v.httpStore != nil && tok != nil && tok.Method != nil {
+	if err.Reason == ReasonAlgorithm && !c.called && v.explicitAlgs == nil && tok != nil && tok.Method != nil {
 		// The allowlist is derived from the keys, and a rotation to a new
 		// key type is only seen after a refresh: look the kid up (which may
 		// refresh) and, if that found a key for this algorithm, parse again.
 		if kid, _ := tok.Header["kid"].(string); kid != "" && isSupportedAlg(tok.Method.Alg()) {
-			if k := v.keyByKIDRefresh(kid); k != nil && k.accepts(tok.Method.Alg()) {
+			if k := v.refreshedKey(tok, kid); k != nil && k.accepts(tok.Method.Alg()) {
 				v.rebuildParser()
 				id, _, _, err = v.parse(v.parser.Load().p, token)
 				if err == nil {
@@ -233,6 +230,45 @@ func (v *Verifier) parse(p *jwt.Parser, token string) (*Identity, *jwt.Token, *c
 	return id, tok, c, rerr
 }
 
+// refreshedKey looks kid up for a token the allowlist refused, refreshing
+// the HTTP JWKS the token's keys would come from; nil if there are none.
+func (v *Verifier) refreshedKey(tok *jwt.Token, kid string) *vkey {
+	g, err := v.issuerGroup(tok)
+	switch {
+	case err != nil:
+		return nil
+	case g != nil:
+		return g.keyByKIDRefresh(kid)
+	case v.jwks != nil:
+		return v.keyByKIDRefresh(kid)
+	}
+	return nil
+}
+
+// issuerGroup returns the keys of the token's issuer when it is one of
+// jwt.jwks_issuers. A token from any other issuer, or with none, is
+// checked with the other keys (nil, nil); if there are none it is refused
+// here, before any key is looked up or fetched.
+func (v *Verifier) issuerGroup(t *jwt.Token) (*jwksGroup, *Error) {
+	if len(v.issuers) == 0 {
+		return nil, nil
+	}
+	var iss string
+	if c, ok := t.Claims.(*claimSet); ok {
+		iss = c.iss
+	}
+	if g := v.issuers[trimIssuer(iss)]; g != nil && iss != "" {
+		return g, nil
+	}
+	if v.secret != "" || len(v.pemPaths) > 0 || len(v.fileJWKS) > 0 || len(v.httpJWKS) > 0 {
+		return nil, nil
+	}
+	if iss == "" {
+		return nil, reject(ReasonIssuer, "token has no iss claim", nil)
+	}
+	return nil, reject(ReasonIssuer, fmt.Sprintf("token issuer %q is not trusted", clip(iss)), nil)
+}
+
 // keyfunc selects the key(s) golang-jwt checks the signature with.
 func (c *call) keyfunc(t *jwt.Token) (any, error) {
 	c.called = true
@@ -241,24 +277,30 @@ func (c *call) keyfunc(t *jwt.Token) (any, error) {
 		return nil, malformed("token header has a crit parameter, which is not supported")
 	}
 	alg := t.Method.Alg()
+	var kid string
 	if raw, ok := t.Header["kid"]; ok {
-		kid, ok := raw.(string)
-		if !ok {
+		if kid, ok = raw.(string); !ok {
 			return nil, malformed("token kid is not a string")
 		}
-		// Without any JWKS a kid names nothing pgtoken knows (identity
-		// providers set one even on HS256 tokens), so it is ignored and the
-		// configured secret and PEM keys decide.
-		if kid != "" && (len(v.fileJWKS) > 0 || len(v.httpJWKS) > 0) {
-			k := v.keyByKIDRefresh(kid)
-			if k == nil {
-				return nil, reject(ReasonUnknownKID, fmt.Sprintf("token key id %q is unknown", clip(kid)), nil)
-			}
-			if !k.accepts(alg) {
-				return nil, reject(ReasonAlgorithm, fmt.Sprintf("token algorithm %s does not match key %q", alg, clip(kid)), nil)
-			}
+	}
+	g, err := v.issuerGroup(t)
+	if err != nil {
+		return nil, err
+	}
+	if g != nil { // an issuer of jwt.jwks_issuers: its own keys only
+		if kid != "" {
+			return keyForKID(g.keyByKIDRefresh(kid), kid, alg)
+		}
+		if k := g.kidlessKey(alg); k != nil {
 			return k.key, nil
 		}
+		return nil, reject(ReasonUnknownKID, fmt.Sprintf("token has no kid and its issuer's JWKS has no single key for %s", alg), nil)
+	}
+	// Without any JWKS a kid names nothing pgtoken knows (identity
+	// providers set one even on HS256 tokens), so it is ignored and the
+	// configured secret and PEM keys decide.
+	if kid != "" && (len(v.fileJWKS) > 0 || len(v.httpJWKS) > 0) {
+		return keyForKID(v.keyByKIDRefresh(kid), kid, alg)
 	}
 	keys := v.kidlessKeys(alg)
 	switch len(keys) {
@@ -276,6 +318,17 @@ func (c *call) keyfunc(t *jwt.Token) (any, error) {
 		}
 		return set, nil
 	}
+}
+
+// keyForKID returns the key k found for kid, if it can check alg.
+func keyForKID(k *vkey, kid, alg string) (any, error) {
+	if k == nil {
+		return nil, reject(ReasonUnknownKID, fmt.Sprintf("token key id %q is unknown", clip(kid)), nil)
+	}
+	if !k.accepts(alg) {
+		return nil, reject(ReasonAlgorithm, fmt.Sprintf("token algorithm %s does not match key %q", alg, clip(kid)), nil)
+	}
+	return k.key, nil
 }
 
 // classify maps a golang-jwt error to an *Error.
@@ -323,15 +376,28 @@ func (v *Verifier) classify(tok *jwt.Token, err error, c *call, claims *claimSet
 
 // identity resolves the role and builds the settings of a verified token.
 func (v *Verifier) identity(c *claimSet) (*Identity, *Error) {
-	role, err := v.role(c)
+	named, err := applyNamespaces(c.members, v.namespaces)
+	if err != nil {
+		return nil, err
+	}
+	role, err := v.role(c, named)
 	if err != nil {
 		return nil, err
 	}
 	id := &Identity{
-		Role:     role,
-		Sub:      c.stringClaim("sub"),
-		JTI:      c.stringClaim("jti"),
-		Settings: c.settings(v.prefix, v.jsonName),
+		Role: role,
+		Sub:  c.stringClaim("sub"),
+		JTI:  c.stringClaim("jti"),
+	}
+	if v.prefix != "" {
+		var issues claimIssues
+		id.Settings, issues = claimSettings(named, v.prefix)
+		if !issues.empty() {
+			v.claimsWarned.log(v.log, &issues)
+		}
+	}
+	if v.jsonName != "" {
+		id.Settings = append(id.Settings, Setting{Name: v.jsonName, Value: string(c.compact)})
 	}
 	if exp := c.expiry(); !exp.IsZero() {
 		id.ExpiresAt = exp.UTC()
@@ -339,11 +405,18 @@ func (v *Verifier) identity(c *claimSet) (*Identity, *Error) {
 	return id, nil
 }
 
-func (v *Verifier) role(c *claimSet) (string, *Error) {
+// role follows the role path from the token's own top-level claims, or,
+// when the first name is not among them, from the names the namespaces
+// gave (so .x-hasura-default-role finds the lifted Hasura claim).
+func (v *Verifier) role(c *claimSet, named []namedClaim) (string, *Error) {
 	name := v.rolePath.first()
 	var val any
 	found := false
-	if raw, ok := c.lookup(name); ok {
+	raw, ok := c.lookup(name)
+	if !ok {
+		raw, ok = lookupNamed(named, name)
+	}
+	if ok {
 		var top any
 		if err := decodeJSON(raw, &top); err != nil {
 			return "", reject(ReasonMalformed, "token claims are not valid JSON", err)
@@ -367,6 +440,38 @@ func (v *Verifier) role(c *claimSet) (string, *Error) {
 		return "", reject(ReasonRole, fmt.Sprintf("token role %q is not allowed", role), nil)
 	}
 	return role, nil
+}
+
+// maxClaimWarnings bounds how many distinct claim issues a Verifier
+// remembers having logged.
+const maxClaimWarnings = 256
+
+// claimWarnings logs claims left out of the settings: at WARN the first
+// time a Verifier meets a given set of issues, at DEBUG after that, so that
+// every login of every user of a misconfigured issuer does not log a warning.
+type claimWarnings struct {
+	mu   sync.Mutex
+	seen map[string]struct{}
+}
+
+func (w *claimWarnings) log(log *zap.Logger, issues *claimIssues) {
+	key := issues.key()
+	w.mu.Lock()
+	_, seen := w.seen[key]
+	if !seen && len(w.seen) < maxClaimWarnings {
+		if w.seen == nil {
+			w.seen = map[string]struct{}{}
+		}
+		w.seen[key] = struct{}{}
+	}
+	w.mu.Unlock()
+	level := zap.WarnLevel
+	if seen {
+		level = zap.DebugLevel
+	}
+	if ce := log.Check(level, "token claims left without a setting (see \"How claim names become settings\" in docs/CONFIG.md)"); ce != nil {
+		ce.Write(zap.Strings("unmappable", issues.unmappable), zap.Strings("shadowed", issues.shadowed))
+	}
 }
 
 func decodeJSON(raw []byte, dst any) error {

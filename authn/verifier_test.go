@@ -484,13 +484,18 @@ func TestSettings(t *testing.T) {
 		"https://hasura.io/jwt/claims": {"x-hasura-default-role": "web_user"}, "with space": 1, "$dollar": 1,
 		"_ok$1": 2, "1abc": 3, "emptystr": "", "Upper": "X", "ünï": "x", "a-b": 1 }`
 	id := mustVerify(t, v, hs256(t, payload))
+	// Names outside [A-Za-z0-9_] are mapped (claimnames.go); "1abc" cannot
+	// be (a part cannot start with a digit); the order ignores case.
 	want := []Setting{
-		{"request.jwt.claim.Upper", "X"},
-		{"request.jwt.claim._ok$1", "2"},
+		{"request.jwt.claim._dollar", "1"},
+		{"request.jwt.claim._n_", "x"},
+		{"request.jwt.claim._ok_1", "2"},
+		{"request.jwt.claim.a_b", "1"},
 		{"request.jwt.claim.arr", "[1,2,3]"},
 		{"request.jwt.claim.big", "12345678901234567890"},
 		{"request.jwt.claim.emptystr", ""},
 		{"request.jwt.claim.f", "false"},
+		{"request.jwt.claim.https___hasura_io_jwt_claims", `{"x-hasura-default-role":"web_user"}`},
 		{"request.jwt.claim.lit", `a\u0000b`},
 		{"request.jwt.claim.n", "1.5e+10"},
 		{"request.jwt.claim.neg", "-0.0"},
@@ -501,6 +506,8 @@ func TestSettings(t *testing.T) {
 		{"request.jwt.claim.sub", "u-1"},
 		{"request.jwt.claim.t", "true"},
 		{"request.jwt.claim.u", "héllo ☃ 😀"},
+		{"request.jwt.claim.Upper", "X"},
+		{"request.jwt.claim.with_space", "1"},
 		{"request.jwt.claims", `{"role":"web_user","sub":"u-1","n":1.5e+10,"big":12345678901234567890,"neg":-0.0,"q":"he said \"hi\" \\ back\n","u":"h\u00e9llo ☃ \ud83d\ude00","lit":"a\\u0000b","obj":{"z":1,"a":[true,null,{"y":"x"}]},"arr":[1,2,3],"t":true,"f":false,"nul":null,"https://hasura.io/jwt/claims":{"x-hasura-default-role":"web_user"},"with space":1,"$dollar":1,"_ok$1":2,"1abc":3,"emptystr":"","Upper":"X","ünï":"x","a-b":1}`},
 	}
 	if !reflect.DeepEqual(id.Settings, want) {

@@ -3,7 +3,7 @@
 //
 //	pgtoken serve --config FILE      run the proxy
 //	pgtoken check --config FILE      validate and print the effective config
-//	pgtoken keygen --alg EdDSA       print a JWKS holding a new private key
+//	pgtoken keygen --alg EdDSA [--out FILE] [--public FILE]   a JWKS holding a new private key (mode 0600)
 //	pgtoken mint --key FILE --claims JSON --ttl 1h
 //	pgtoken version
 //
@@ -81,7 +81,8 @@ commands:
   serve   --config FILE   run the proxy (flags override PGTOKEN_* variables, which override the file);
                           SIGHUP reloads, SIGTERM drains (shutdown_timeout), SIGINT stops at once
   check   --config FILE   validate the configuration and print it with secrets redacted
-  keygen  --alg ALG       print a JWKS with a new private key (EdDSA, ES256, RS256, HS256)
+  keygen  --alg ALG [--out FILE] [--public FILE]   a JWKS with a new private key (EdDSA, ES256, RS256, HS256, ...),
+                          on standard output or in FILE, mode 0600 either way; --public: its public half
   mint    --key FILE --claims JSON [--ttl 1h]   print a signed token
   version                 print the version
 `)
@@ -235,8 +236,8 @@ func check(args []string, stdout io.Writer) error {
 
 func keygen(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
-	alg := fs.String("alg", "EdDSA", "EdDSA, ES256, RS256 or HS256")
-	public := fs.String("public", "", "also write the public-only JWKS to this file")
+	alg := fs.String("alg", "EdDSA", "EdDSA, ES256/384/512, RS256/384/512, PS256/384/512 or HS256/384/512")
+	public := fs.String("public", "", "also write the public-only JWKS to this file, for jwt.jwks (not for HS*: a shared secret has no public half)")
 	out := fs.String("out", "", "write the private JWKS to this file (mode 0600) instead of standard output")
 	keep := fs.Bool("keep", false, "with --out: do nothing if that file exists already (for init containers)")
 	if err := fs.Parse(args); err != nil {
@@ -244,6 +245,10 @@ func keygen(args []string, stdout io.Writer) error {
 	}
 	if *keep && *out == "" {
 		return errors.New("keygen: --keep needs --out")
+	}
+	if *public != "" && strings.HasPrefix(*alg, "HS") {
+		return fmt.Errorf("keygen: --public: an %s key is a shared secret and has no public half; "+
+			"pgtoken verifies with the private JWKS itself (jwt.jwks: file:///path/to/it), which must stay as secret as the signing side's copy", *alg)
 	}
 	if *keep {
 		if _, err := os.Stat(*out); err == nil {
@@ -255,15 +260,51 @@ func keygen(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	priv = append(priv, '\n')
+	if *out != "" {
+		f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("keygen: %w", err)
+		}
+		if err := writePrivate(f, priv); err != nil {
+			return fmt.Errorf("keygen: %s: %w", *out, err)
+		}
+	} else if err := writePrivateStdout(stdout, priv); err != nil {
+		return err
+	}
 	if *public != "" {
 		if err := os.WriteFile(*public, append(pub, '\n'), 0o644); err != nil {
-			return err
+			return fmt.Errorf("keygen: %w", err)
 		}
 	}
-	if *out != "" {
-		return os.WriteFile(*out, append(priv, '\n'), 0o600)
+	return nil
+}
+
+// writePrivate makes f readable by its owner only, also when it existed
+// with a wider mode, then writes key into it and closes it.
+func writePrivate(f *os.File, key []byte) error {
+	err := f.Chmod(0o600)
+	if err == nil {
+		_, err = f.Write(key)
 	}
-	_, err = fmt.Fprintf(stdout, "%s\n", priv)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// writePrivateStdout writes a private key to standard output. When that is
+// a regular file (pgtoken keygen > private.jwks.json), the file is made
+// mode 0600 first; if it cannot be, the key is not written.
+func writePrivateStdout(stdout io.Writer, key []byte) error {
+	if f, ok := stdout.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			if err := f.Chmod(0o600); err != nil {
+				return fmt.Errorf("keygen: standard output is a file that cannot be made private (mode 0600): %w; use --out FILE", err)
+			}
+		}
+	}
+	_, err := stdout.Write(key)
 	return err
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +20,11 @@ func TestKeygenMintVerify(t *testing.T) {
 			dir := t.TempDir()
 			var out, errb bytes.Buffer
 			pub := filepath.Join(dir, "public.json")
-			if code := run([]string{"keygen", "--alg", alg, "--public", pub}, &out, &errb); code != 0 {
+			args := []string{"keygen", "--alg", alg, "--public", pub}
+			if alg == "HS256" {
+				args = args[:3] // a shared secret has no public half
+			}
+			if code := run(args, &out, &errb); code != 0 {
 				t.Fatalf("keygen: %d %s", code, errb.String())
 			}
 			key := filepath.Join(dir, "private.json")
@@ -135,6 +140,80 @@ func TestKeygenOutKeep(t *testing.T) {
 	}
 	if again, _ := os.ReadFile(priv); !bytes.Equal(first, again) {
 		t.Fatal("--keep replaced an existing key")
+	}
+}
+
+// An HS key has no public half: --public is refused before anything is
+// written, so the secret never lands in a file named public.
+func TestKeygenRefusesPublicForHS(t *testing.T) {
+	for _, alg := range []string{"HS256", "HS384", "HS512"} {
+		dir := t.TempDir()
+		pub, priv := filepath.Join(dir, "pub.json"), filepath.Join(dir, "priv.json")
+		var out, errb bytes.Buffer
+		code := run([]string{"keygen", "--alg", alg, "--public", pub, "--out", priv}, &out, &errb)
+		if code == 0 || !strings.Contains(errb.String(), "shared secret and has no public half") {
+			t.Fatalf("%s: code %d, stderr %q", alg, code, errb.String())
+		}
+		for _, p := range []string{pub, priv} {
+			if _, err := os.Stat(p); !os.IsNotExist(err) {
+				t.Fatalf("%s: %s written (%v)", alg, p, err)
+			}
+		}
+		if out.Len() != 0 {
+			t.Fatalf("%s: key printed: %q", alg, out.String())
+		}
+	}
+}
+
+// Private keys are mode 0600: with --out, also over a file that existed
+// with a wider mode, and on standard output when it is a regular file (the
+// README's keygen > file). A pipe is written to as before.
+func TestKeygenPrivateKeyModes(t *testing.T) {
+	dir := t.TempDir()
+	isKey := func(b []byte) bool { return bytes.Contains(b, []byte(`"d"`)) }
+
+	existing := filepath.Join(dir, "existing.jwks.json")
+	if err := os.WriteFile(existing, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"keygen", "--out", existing}, &out, &errb); code != 0 {
+		t.Fatal(errb.String())
+	}
+	if fi, _ := os.Stat(existing); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("--out over a 0644 file: mode %v", fi.Mode().Perm())
+	}
+	if b, _ := os.ReadFile(existing); !isKey(b) {
+		t.Fatalf("--out: %q", b)
+	}
+
+	redirected := filepath.Join(dir, "redirected.jwks.json")
+	f, err := os.OpenFile(redirected, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := run([]string{"keygen", "--alg", "ES256"}, f, &errb)
+	f.Close()
+	if code != 0 {
+		t.Fatal(errb.String())
+	}
+	if fi, _ := os.Stat(redirected); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("keygen > file: mode %v", fi.Mode().Perm())
+	}
+	if b, _ := os.ReadFile(redirected); !isKey(b) {
+		t.Fatalf("keygen > file: %q", b)
+	}
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan []byte)
+	go func() { b, _ := io.ReadAll(r); done <- b }()
+	code = run([]string{"keygen"}, w, &errb)
+	w.Close()
+	if b := <-done; code != 0 || !isKey(b) {
+		t.Fatalf("keygen | reader: code %d, %q, %s", code, b, errb.String())
 	}
 }
 

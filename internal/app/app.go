@@ -99,6 +99,7 @@ func AuthnConfig(c config.Config, log *zap.Logger) authn.Config {
 	return authn.Config{
 		Secret:       c.JWT.Secret,
 		JWKS:         c.JWT.JWKS,
+		JWKSIssuers:  c.JWT.JWKSIssuers,
 		PublicKeys:   c.JWT.PublicKeys,
 		Algorithms:   c.JWT.Algorithms,
 		Issuer:       c.JWT.Issuer,
@@ -111,7 +112,9 @@ func AuthnConfig(c config.Config, log *zap.Logger) authn.Config {
 		ClaimsPrefix: c.Claims.Prefix,
 		ClaimsJSON:   c.Claims.JSON,
 		CacheSize:    c.JWT.CacheSize,
-		Logger:       log,
+
+		ClaimsNamespaces: c.Claims.Namespaces,
+		Logger:           log,
 	}
 }
 

@@ -66,6 +66,7 @@ type Database struct {
 type JWT struct {
 	Secret       string     `yaml:"secret" doc:"HS256/384/512 shared secret" secret:"all" reload:"yes"`
 	JWKS         StringList `yaml:"jwks" doc:"JWKS URL(s): file:///path or https://issuer/.well-known/jwks.json" reload:"yes"`
+	JWKSIssuers  StringList `yaml:"jwks_issuers" doc:"issuers (https://issuer.example) whose tokens are checked with the keys at <iss>/.well-known/jwks.json, and only with those (fetched at start, refreshed like jwt.jwks, also on an unknown kid); tokens with another iss, or none, are checked with the other keys, and refused without any request if there are none" reload:"yes"`
 	PublicKeys   StringList `yaml:"public_keys" doc:"PEM public-key files (RSA, ECDSA, Ed25519)" reload:"yes"`
 	Algorithms   StringList `yaml:"algorithms" doc:"allowed algorithms; empty = every family with a configured key" reload:"yes"`
 	Issuer       string     `yaml:"issuer" doc:"required iss, when set" reload:"yes"`
@@ -82,8 +83,9 @@ type JWT struct {
 
 // Claims configures how claims reach Postgres.
 type Claims struct {
-	Prefix string `yaml:"prefix" doc:"each claim becomes the setting <prefix>.<name>"`
-	JSON   string `yaml:"json" doc:"setting that receives all claims as JSON (e.g. request.jwt.claims); empty disables"`
+	Prefix     string     `yaml:"prefix" doc:"each claim becomes the setting <prefix>.<name>, its name mapped as the section below says"`
+	JSON       string     `yaml:"json" doc:"setting that receives all claims as JSON, exactly as the token holds them (e.g. request.jwt.claims); empty disables"`
+	Namespaces StringList `yaml:"namespaces" doc:"a listed claim whose value is a JSON object has its members lifted to the top level (Hasura: https://hasura.io/jwt/claims); a listed prefix is stripped from claim names (Platformatic, Auth0: https://platformatic.dev/); applies to the settings and to jwt.role_claim" reload:"yes"`
 }
 
 // TLS configures client-facing TLS.
@@ -342,8 +344,8 @@ func (c *Config) Validate() error {
 			bad("databases."+name+".pool_size", "must not be negative")
 		}
 	}
-	if c.JWT.Secret == "" && len(c.JWT.JWKS) == 0 && len(c.JWT.PublicKeys) == 0 {
-		bad("jwt", "no key configured: set jwt.secret, jwt.jwks or jwt.public_keys")
+	if c.JWT.Secret == "" && len(c.JWT.JWKS) == 0 && len(c.JWT.PublicKeys) == 0 && len(c.JWT.JWKSIssuers) == 0 {
+		bad("jwt", "no key configured: set jwt.secret, jwt.jwks, jwt.public_keys or jwt.jwks_issuers")
 	}
 	if len(c.JWT.AllowedRoles) == 0 {
 		bad("jwt.allowed_roles", "required: the roles a token may name")
@@ -371,6 +373,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Claims.JSON != "" && !validSettingPath(c.Claims.JSON) {
 		bad("claims.json", "want a dotted identifier like request.jwt.claims, got %q", c.Claims.JSON)
+	}
+	for i, ns := range c.Claims.Namespaces {
+		switch {
+		case ns == "":
+			bad("claims.namespaces", "entry %d is empty", i+1)
+		case slices.Contains(c.Claims.Namespaces[:i], ns):
+			bad("claims.namespaces", "%q is listed twice", ns)
+		}
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		bad("tls", "set both tls.cert and tls.key, or neither")

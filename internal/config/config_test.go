@@ -140,7 +140,20 @@ func TestNewKeysValidate(t *testing.T) {
 		{minimal + "pool: {size: many}\n", "", `pool.size (line 7): want an integer, got "many"`},
 		{minimal + "limits: {nosuch: 1}\n", "", "limits.nosuch (line 7): unknown key"},
 		{minimal + "reuse_port: maybe\n", "", `reuse_port (line 7): want true or false, got "maybe"`},
+		{minimal + "claims: {namespaces: [a/, a/]}\n", "", `claims.namespaces: "a/" is listed twice`},
+		{minimal, "PGTOKEN_CLAIMS_NAMESPACES=x,,", ""}, // empty entries of a list are dropped: valid
+		{"upstream: postgres://a@b/c\njwt: {allowed_roles: [r]}\n", "", "jwt.jwks_issuers"},
 	} {
+		if tc.want == "" {
+			cfg, err := Load(write(t, tc.body), []string{tc.env})
+			if err == nil {
+				err = cfg.Validate()
+			}
+			if err != nil {
+				t.Errorf("%q %q: %v", tc.body, tc.env, err)
+			}
+			continue
+		}
 		var env []string
 		if tc.env != "" {
 			env = []string{tc.env}
@@ -180,10 +193,43 @@ func TestEnvSetsPeersAndDatabases(t *testing.T) {
 	}
 }
 
+// claims.namespaces and jwt.jwks_issuers come from YAML lists or
+// comma-separated variables, and an issuer list alone is a key source.
+func TestNamespacesAndIssuers(t *testing.T) {
+	cfg, err := Load(write(t, `
+upstream: postgres://authenticator@127.0.0.1/app
+jwt: {jwks_issuers: ["https://tenant.auth0.com/"], allowed_roles: [web_user]}
+claims: {namespaces: ["https://hasura.io/jwt/claims", "https://platformatic.dev/"]}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Claims.Namespaces) != 2 || cfg.Claims.Namespaces[1] != "https://platformatic.dev/" || cfg.JWT.JWKSIssuers[0] != "https://tenant.auth0.com/" {
+		t.Fatalf("from YAML: %q %q", cfg.Claims.Namespaces, cfg.JWT.JWKSIssuers)
+	}
+	cfg, err = Load(write(t, minimal), []string{"PGTOKEN_CLAIMS_NAMESPACES=https://a.example/, https://b.example/", "PGTOKEN_JWT_JWKS_ISSUERS=https://idp.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(cfg.Claims.Namespaces, "|") != "https://a.example/|https://b.example/" || strings.Join(cfg.JWT.JWKSIssuers, "|") != "https://idp.example" {
+		t.Fatalf("from the environment: %q %q", cfg.Claims.Namespaces, cfg.JWT.JWKSIssuers)
+	}
+	if !Reloadable("claims.namespaces") || !Reloadable("jwt.jwks_issuers") {
+		t.Fatal("claims.namespaces and jwt.jwks_issuers only change the verifier, which a reload replaces")
+	}
+}
+
 func TestRedactedHidesJWKSCredentials(t *testing.T) {
 	cfg := Default()
 	cfg.JWT.JWKS = StringList{"https://user:tok3n@idp/jwks.json", "file:///k.json"}
+	cfg.JWT.JWKSIssuers = StringList{"https://user:tok3n@idp"}
 	r := cfg.Redacted()
+	if strings.Contains(r.JWT.JWKSIssuers[0], "tok3n") || cfg.JWT.JWKSIssuers[0] != "https://user:tok3n@idp" {
+		t.Fatalf("issuers: %v (original %v)", r.JWT.JWKSIssuers, cfg.JWT.JWKSIssuers)
+	}
 	if strings.Contains(r.JWT.JWKS[0], "tok3n") || r.JWT.JWKS[1] != "file:///k.json" || cfg.JWT.JWKS[0] != "https://user:tok3n@idp/jwks.json" {
 		t.Fatalf("JWKS URLs: %v (original %v)", r.JWT.JWKS, cfg.JWT.JWKS)
 	}

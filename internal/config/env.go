@@ -206,9 +206,11 @@ func setValue(v reflect.Value, s string) error {
 // passwords removed from connection strings.
 func (c Config) Redacted() Config {
 	out := c
-	out.JWT.JWKS = append(StringList(nil), c.JWT.JWKS...)
-	for i, u := range out.JWT.JWKS {
-		out.JWT.JWKS[i] = RedactDSN(u) // a URL may carry credentials
+	for _, l := range []*StringList{&out.JWT.JWKS, &out.JWT.JWKSIssuers} {
+		*l = append(StringList(nil), *l...)
+		for i, u := range *l {
+			(*l)[i] = RedactDSN(u) // a URL may carry credentials
+		}
 	}
 	for _, f := range fields(&out) {
 		if f.v.Kind() != reflect.String || f.v.String() == "" {

@@ -29,4 +29,43 @@ restart; a change to any other key is logged and waits for a restart. See docs/O
 
 `)
 	fmt.Print(config.Docs())
+	fmt.Print(claimNames)
 }
+
+// claimNames is the rule authn/claimnames.go implements.
+const claimNames = `
+## How claim names become settings
+
+Each claim of a token becomes the setting ` + "`<claims.prefix>.<name>`" + ` (default
+` + "`jwt.claims.<name>`" + `), read with ` + "`current_setting('jwt.claims.<name>', true)`" + `. Its value is the
+claim's string, or the compact JSON text of any other value (` + "`42`, `true`, `[\"a\",\"b\"]`" + `).
+` + "`claims.json`" + ` receives the token's claims exactly as they are, before any of the steps below.
+
+1. **Namespaces** (` + "`claims.namespaces`" + `). A listed name whose claim holds a JSON object (or a
+   JSON string holding one, Hasura's ` + "`stringified_json`" + `) is replaced by the object's members.
+   A listed name that begins a longer claim name is stripped from it. Where several listed
+   names apply to one claim, the first listed does.
+2. **Names.** Every character outside ` + "`[A-Za-z0-9_]`" + ` becomes ` + "`_`" + `. Postgres compares setting
+   names ignoring case, so ` + "`current_setting('jwt.claims.userid')`" + ` reads the claim ` + "`userId`" + `.
+3. **Left out, and logged.** A name that is still not a setting name part — empty, starting
+   with a digit (` + "`2fa`" + `), or longer than 63 bytes (the length Postgres keeps of an
+   identifier) — gets no setting. When several claims map to one name (compared ignoring
+   case), one is set: a claim at the top level of the token under its own name before one
+   lifted or stripped by a namespace (an earlier listed namespace before a later one); then
+   a claim whose name needed no character replaced; then the name that sorts first byte by
+   byte. pgtoken logs the claims it left out at WARN, by name only, never their values: the
+   first time it sees that set of names, and at DEBUG after that.
+
+` + "`jwt.role_claim`" + ` is looked up among the token's own top-level claims first, then among the
+names the namespaces gave, before step 2: ` + "`.x-hasura-default-role`" + ` and
+` + "`.\"https://hasura.io/jwt/claims\".\"x-hasura-default-role\"`" + ` both find Hasura's role.
+
+| issuer | configuration | claim in the token | setting |
+|---|---|---|---|
+| Hasura (Ory Kratos, Auth0 rules) | ` + "`claims.namespaces: [https://hasura.io/jwt/claims]`" + `, ` + "`jwt.role_claim: .x-hasura-default-role`" + ` | ` + "`\"https://hasura.io/jwt/claims\": {\"x-hasura-user-id\": \"42\", \"x-hasura-allowed-roles\": [\"user\"]}`" + ` | ` + "`jwt.claims.x_hasura_user_id`" + ` = ` + "`42`" + `, ` + "`jwt.claims.x_hasura_allowed_roles`" + ` = ` + "`[\"user\"]`" + ` |
+| Platformatic | ` + "`claims.namespaces: [https://platformatic.dev/]`" + `, ` + "`jwt.role_claim: .X-PLATFORMATIC-ROLE`" + ` | ` + "`\"https://platformatic.dev/X-PLATFORMATIC-USER-ID\": 42`" + ` | ` + "`jwt.claims.x_platformatic_user_id`" + ` = ` + "`42`" + ` |
+| Auth0 (namespaced custom claims) | ` + "`claims.namespaces: [https://myapp.example.com/]`" + ` | ` + "`\"https://myapp.example.com/roles\": [\"admin\"]`" + ` | ` + "`jwt.claims.roles`" + ` = ` + "`[\"admin\"]`" + ` |
+| Auth0, namespace not listed | — | ` + "`\"https://myapp.example.com/roles\": [\"admin\"]`" + ` | ` + "`jwt.claims.https___myapp_example_com_roles`" + ` |
+| SuperTokens | ` + "`jwt.role_claim: .st-role.v[0]`" + ` | ` + "`\"st-role\": {\"v\": [\"admin\"], \"t\": 1700000000}`" + ` | ` + "`jwt.claims.st_role`" + ` = ` + "`{\"v\":[\"admin\"],\"t\":1700000000}`" + ` |
+| any | — | ` + "`\"userId\": \"u-1\"`" + `, ` + "`\"2fa\": true`" + ` | ` + "`jwt.claims.userid`" + ` = ` + "`u-1`" + `; ` + "`2fa`" + ` none (logged) |
+`
