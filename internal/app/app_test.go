@@ -806,3 +806,46 @@ func writeCert(certFile, keyFile, cn string) error {
 	}
 	return os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 }
+
+// TestPoolWaitMetricAgreesWithShowStats: pgtoken_pool_wait_seconds counts
+// the same waits as the console's SHOW STATS total_wait_time: those of
+// clients waiting for a busy pool, and that of the first login, which opens
+// the pool's first server connection to read the upstream roles.
+func TestPoolWaitMetricAgreesWithShowStats(t *testing.T) {
+	env := pgtest.Start(t, func(c *config.Config) {
+		c.MetricsListen = "127.0.0.1:0"
+		c.AdminRoles = config.StringList{"web_admin"}
+		c.Pool.Size = 1
+	})
+	addr := env.App.MetricsAddr()
+	holder := env.Connect(pgtest.UserToken(t, "holder"))
+	waiter := env.Connect(pgtest.UserToken(t, "waiter"))
+	exec(t, holder, "begin; select 1")
+	done := make(chan error, 1)
+	go func() { _, err := waiter.Exec(context.Background(), "select 1").ReadAll(); done <- err }()
+	waitFor(t, "a waiting client", func() bool {
+		return scrape(t, addr)[`pgtoken_client_connections{state="waiting"}`] == 1
+	})
+	time.Sleep(100 * time.Millisecond)
+	exec(t, holder, "commit")
+	if err := recv(t, done, "the waiting client"); err != nil {
+		t.Fatal(err)
+	}
+	console := connect(t, env.App, "pgtoken", pgtest.Token(t, map[string]any{"role": "web_admin", "sub": "ops"}))
+	var statsMicros int64
+	for _, row := range exec(t, console, "show stats") {
+		n, err := strconv.ParseInt(row[4], 10, 64) // total_wait_time
+		if err != nil {
+			t.Fatalf("show stats row %q: %v", row, err)
+		}
+		statsMicros += n
+	}
+	metricMicros := scrape(t, addr)["pgtoken_pool_wait_seconds_sum"] * 1e6
+	if statsMicros < 100_000 {
+		t.Fatalf("SHOW STATS total_wait_time = %d us, want the waiting client's 100 ms or more", statsMicros)
+	}
+	// SHOW STATS truncates its sum to microseconds.
+	if d := metricMicros - float64(statsMicros); d < -1 || d > 2 {
+		t.Fatalf("pgtoken_pool_wait_seconds_sum = %.0f us, SHOW STATS total_wait_time = %d us", metricMicros, statsMicros)
+	}
+}

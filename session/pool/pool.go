@@ -46,6 +46,10 @@ type Config struct {
 	// is logged in, before pgtoken takes it over; an error fails the login
 	// (and should be a *wire.Error).
 	AfterConnect func(ctx context.Context, pc *pgconn.PgConn) error
+	// OnWait, when set, hears every wait that Stats.WaitTime sums, as it
+	// ends (zero when an idle conn was at hand), so that metrics and the
+	// admin console count the same waits. It must not block.
+	OnWait func(time.Duration)
 }
 
 // Default buffer sizes.
@@ -168,7 +172,7 @@ type Stats struct {
 	Transactions    int64
 	Queries         int64
 	TransactionTime time.Duration // summed over transactions
-	WaitTime        time.Duration // summed over Acquire calls
+	WaitTime        time.Duration // summed over Acquire calls (Config.OnWait hears each)
 }
 
 // Stats reports the pool's state and counters.
@@ -242,26 +246,22 @@ func (p *Pool) ServerParams() map[string]string {
 }
 
 // Acquire returns an idle conn, logging in a new one while fewer than Size
-// exist, or waits up to WaitTimeout (or ctx) for one to be released.
+// exist, or waits up to WaitTimeout (or ctx) for one to be released. The
+// wait (zero when an idle conn was at hand; a login of a new conn counts as
+// waiting) goes into Stats.WaitTime and to Config.OnWait.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
-	c, _, err := p.AcquireWait(ctx)
-	return c, err
-}
-
-// AcquireWait is Acquire that also tells how long the caller waited (zero
-// when an idle conn was at hand; a login of a new conn counts as waiting).
-func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 	p.mu.Lock()
 	if p.isClosed {
 		p.mu.Unlock()
-		return nil, 0, ErrClosed
+		return nil, ErrClosed
 	}
 	if !p.paused && len(p.waiters) == 0 {
 		if c := p.popIdle(); c != nil {
 			p.handOut(c)
 			p.mu.Unlock()
 			c.since = time.Now().UnixNano()
-			return c, 0, nil
+			p.waited(0)
+			return c, nil
 		}
 		if p.total < p.size {
 			p.total++
@@ -269,7 +269,8 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 			p.mu.Unlock()
 			start := time.Now()
 			c, err := p.dial(ctx)
-			return c, p.noteWait(start), err
+			p.waited(time.Since(start))
+			return c, err
 		}
 	}
 	w := &waiter{ch: make(chan *Conn, 1), since: time.Now()}
@@ -288,10 +289,12 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 	case c := <-w.ch:
 		if c == nil {
 			c, err = p.dial(ctx)
-			return c, p.noteWait(w.since), err
+			p.waited(time.Since(w.since))
+			return c, err
 		}
 		c.since = time.Now().UnixNano()
-		return c, p.noteWait(w.since), nil
+		p.waited(time.Since(w.since))
+		return c, nil
 	case <-timeout:
 		err = fmt.Errorf("%w after %s (pool size %d)", ErrWaitTimeout, p.cfg.WaitTimeout, size)
 	case <-ctx.Done():
@@ -302,7 +305,8 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 	p.mu.Lock()
 	if p.dropWaiter(w) {
 		p.mu.Unlock()
-		return nil, p.noteWait(w.since), err
+		p.waited(time.Since(w.since))
+		return nil, err
 	}
 	p.mu.Unlock()
 	// Something was granted just as the wait ended: give it back.
@@ -315,14 +319,17 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 		p.grant()
 		p.mu.Unlock()
 	}
-	return nil, p.noteWait(w.since), err
+	p.waited(time.Since(w.since))
+	return nil, err
 }
 
-// noteWait adds the time since start to the wait total and returns it.
-func (p *Pool) noteWait(start time.Time) time.Duration {
-	d := time.Since(start)
+// waited counts one Acquire's wait: in the WaitTime total and to
+// Config.OnWait. Every Acquire calls it once, so both see the same waits.
+func (p *Pool) waited(d time.Duration) {
 	p.waitNanos.Add(int64(d))
-	return d
+	if p.cfg.OnWait != nil {
+		p.cfg.OnWait(d)
+	}
 }
 
 // popIdle takes the most recently released live conn (under mu). A dead
