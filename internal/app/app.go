@@ -65,35 +65,6 @@ type App struct {
 	closeErr error
 }
 
-// NewLogger builds the zap logger the configuration asks for.
-func NewLogger(level, format string) (*zap.Logger, error) {
-	log, _, err := NewLoggerLevel(level, format)
-	return log, err
-}
-
-// NewLoggerLevel is NewLogger that also returns the level, which a reload
-// can change (Options.Level).
-func NewLoggerLevel(level, format string) (*zap.Logger, zap.AtomicLevel, error) {
-	var lvl zapcore.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, zap.AtomicLevel{}, fmt.Errorf("log_level: %w", err)
-	}
-	zc := zap.NewProductionConfig()
-	zc.Level = zap.NewAtomicLevelAt(lvl)
-	zc.Encoding = "json"
-	if format == "console" {
-		zc.Encoding = "console"
-		zc.EncoderConfig = zap.NewDevelopmentEncoderConfig()
-	}
-	zc.DisableStacktrace = true
-	zc.Sampling = nil
-	log, err := zc.Build()
-	if err != nil {
-		return nil, zap.AtomicLevel{}, err
-	}
-	return log, zc.Level, nil
-}
-
 // AuthnConfig maps the configuration onto the verifier's.
 func AuthnConfig(c config.Config, log *zap.Logger) authn.Config {
 	return authn.Config{
@@ -231,8 +202,12 @@ func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Opt
 		log.Info("metrics listening", zap.String("metrics_listen", ml.Addr().String()))
 	}
 	go func() { a.done <- srv.Serve(l) }()
-	log.Info("pgtoken listening", zap.String("listen", l.Addr().String()), zap.String("mode", cfg.Pool.Mode),
-		zap.String("upstream", config.RedactDSN(cfg.Upstream)), zap.Int("peer_id", cfg.PeerID))
+	fields := []zap.Field{zap.String("listen", l.Addr().String()), zap.Bool("tls", tlsCfg != nil),
+		zap.String("mode", cfg.Pool.Mode), zap.String("upstream", config.RedactDSN(cfg.Upstream))}
+	if cfg.PeerID != 0 || len(cfg.Peers) > 0 {
+		fields = append(fields, zap.Int("peer_id", cfg.PeerID))
+	}
+	log.Info("pgtoken listening", fields...)
 	return a, nil
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pgtoken/pgtoken/authn"
 	"github.com/pgtoken/pgtoken/internal/app"
@@ -847,5 +848,35 @@ func TestPoolWaitMetricAgreesWithShowStats(t *testing.T) {
 	// SHOW STATS truncates its sum to microseconds.
 	if d := metricMicros - float64(statsMicros); d < -1 || d > 2 {
 		t.Fatalf("pgtoken_pool_wait_seconds_sum = %.0f us, SHOW STATS total_wait_time = %d us", metricMicros, statsMicros)
+	}
+}
+
+// TestListeningLineSaysTLS: the "pgtoken listening" line says whether
+// clients can use TLS.
+func TestListeningLineSaysTLS(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := writeCert(certFile, keyFile, "pgtoken"); err != nil {
+		t.Fatal(err)
+	}
+	for _, withTLS := range []bool{false, true} {
+		cfg := pgtest.Config(pg, db)
+		if withTLS {
+			cfg.TLS.Cert, cfg.TLS.Key = certFile, keyFile
+		}
+		core, logs := observer.New(zapcore.InfoLevel)
+		a, err := app.Start(context.Background(), cfg, zap.New(core))
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeApp(t, a)
+		lines := logs.FilterMessage("pgtoken listening").All()
+		if len(lines) != 1 {
+			t.Fatalf("%d listening lines", len(lines))
+		}
+		if got, ok := lines[0].ContextMap()["tls"]; !ok || got != withTLS {
+			t.Errorf("with TLS %v, the listening line says tls=%v (%v)", withTLS, got, lines[0].ContextMap())
+		}
 	}
 }
