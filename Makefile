@@ -29,6 +29,7 @@ vet:
 ## lint: staticcheck (installed on demand from the Go module proxy).
 lint: vet
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
+	cd bench && $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 ## fuzz: each fuzz target of every package for FUZZTIME (seeds: <package>/testdata/fuzz/<Target>/).
 fuzz:
