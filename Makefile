@@ -22,12 +22,14 @@ test-short: vet
 
 vet:
 	$(GO) vet $(PKGS)
+	cd bench && $(GO) vet ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
 ## lint: staticcheck (installed on demand from the Go module proxy).
 lint: vet
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
+	cd bench && $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 ## fuzz: each fuzz target of every package for FUZZTIME (seeds: <package>/testdata/fuzz/<Target>/).
 fuzz:
@@ -50,12 +52,13 @@ docs:
 ## bench: the full benchmark (bench/README.md): Postgres, PgBouncer and pgtoken under pgbench; about 70 minutes (-T 5: 40).
 ## BENCH_FLAGS passes flags to the harness, e.g. make bench BENCH_FLAGS="-T 5 -reps 2".
 BENCH_FLAGS ?=
+## bench/ is a Go module of its own (its chart library stays out of pgtoken's go.mod); it runs from there.
 bench:
-	$(GO) run ./bench $(BENCH_FLAGS)
+	cd bench && $(GO) run . $(BENCH_FLAGS)
 
 ## bench-quick: a subset in about a minute and a half (writes bench/results/latest-quick.*, leaves bench/README.md alone).
 bench-quick:
-	$(GO) run ./bench -quick $(BENCH_FLAGS)
+	cd bench && $(GO) run . -quick $(BENCH_FLAGS)
 
 ## bench-micro: the Go micro-benchmarks (wire, session, authn, sqlscan) with -benchmem.
 BENCHTIME ?= 1s

@@ -1,6 +1,6 @@
 module github.com/pgtoken/pgtoken
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/MicahParks/jwkset v0.11.4
@@ -11,7 +11,6 @@ require (
 	go.uber.org/goleak v1.3.0
 	go.uber.org/zap v1.28.0
 	go.yaml.in/yaml/v3 v3.0.6
-	golang.org/x/image v0.46.0
 	golang.org/x/sys v0.49.0
 	golang.org/x/time v0.16.0
 )

@@ -54,6 +54,16 @@ type options struct {
 
 func parseOptions(args []string) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: make bench BENCH_FLAGS="[flags]", or in bench/: go run . [flags]
+
+pgbench against Postgres directly, PgBouncer and pgtoken (bench/README.md).
+Relative paths (-out, -readme, -rerender, -pgtoken) are taken from the
+repository root.
+
+`)
+		fs.PrintDefaults()
+	}
 	o := options{}
 	var clients, scripts, modes, connect, connModes, targets string
 	fs.BoolVar(&o.quick, "quick", false, "the quick subset (make bench-quick); other flags still override it")
@@ -145,7 +155,7 @@ func parseOptions(args []string) (options, error) {
 	if o.duration < 1 || o.reps < 1 || o.pool < 1 || o.scale < 1 {
 		return o, errors.New("-T, -reps, -pool and -scale must be positive")
 	}
-	o.command = "go run ./bench " + strings.Join(args, " ")
+	o.command = strings.TrimSpace("cd bench && go run . " + strings.Join(args, " "))
 	return o, nil
 }
 
@@ -192,18 +202,40 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
-// repoRoot finds the module root from the working directory.
+// repoRoot finds pgtoken's repository root (the directory whose go.mod is
+// pgtoken's own, above bench's) from the working directory, so the harness
+// runs from bench/ (make bench) or from anywhere inside the repository.
 func repoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("working directory: %w", err)
 	}
 	for d := dir; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+		if raw, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && modulePath(raw) == pgtokenModule {
 			return d, nil
 		}
 		if d == filepath.Dir(d) {
-			return "", fmt.Errorf("no go.mod above %s: run from the repository", dir)
+			return "", fmt.Errorf("no go.mod of %s above %s: run from the repository", pgtokenModule, dir)
 		}
 	}
+}
+
+const pgtokenModule = "github.com/pgtoken/pgtoken"
+
+// modulePath is the module path a go.mod declares.
+func modulePath(gomod []byte) string {
+	for line := range strings.Lines(string(gomod)) {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "module "); ok {
+			return strings.Trim(strings.TrimSpace(rest), `"`)
+		}
+	}
+	return ""
+}
+
+// fromRoot takes a relative path of a flag from the repository root.
+func fromRoot(root, path string) string {
+	if path == "" || filepath.IsAbs(path) {
+		return path
+	}
+	return filepath.Join(root, path)
 }

@@ -460,7 +460,7 @@ func rerender(o options) error {
 	if err != nil {
 		return err
 	}
-	raw, err := os.ReadFile(o.rerender)
+	raw, err := os.ReadFile(fromRoot(root, o.rerender))
 	if err != nil {
 		return fmt.Errorf("rerender: %w", err)
 	}
@@ -524,20 +524,13 @@ func (h *harness) writeReadme() error {
 	if h.o.readme == "" {
 		return nil
 	}
-	readme := h.o.readme
-	if !filepath.IsAbs(readme) {
-		readme = filepath.Join(h.root, readme)
-	}
-	return updateReadme(readme, h.rep.markdown())
+	return updateReadme(fromRoot(h.root, h.o.readme), h.rep.markdown())
 }
 
 // outDir is the results directory; a relative -out is taken from the
 // repository root.
 func (h *harness) outDir() string {
-	if filepath.IsAbs(h.o.outDir) {
-		return h.o.outDir
-	}
-	return filepath.Join(h.root, h.o.outDir)
+	return fromRoot(h.root, h.o.outDir)
 }
 
 // updateReadme replaces the generated section of the README (or appends

@@ -83,7 +83,7 @@ func run(ctx context.Context, o options) (err error) {
 			return err
 		}
 	}
-	if h.pgtoken = o.pgtokenBin; h.pgtoken == "" {
+	if h.pgtoken = fromRoot(root, o.pgtokenBin); h.pgtoken == "" {
 		logf("building bin/pgtoken")
 		if h.pgtoken, err = buildPgtoken(ctx, root); err != nil {
 			return err

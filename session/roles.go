@@ -108,7 +108,7 @@ func (s *Server) readRoles(db string) func(context.Context, *pgconn.PgConn) erro
 			s.log.Error("cannot read role attributes from pg_roles; refusing this server connection",
 				zap.String("database", db), zap.Error(err))
 			return &wire.Error{Severity: wire.SeverityError, Code: wire.CodeConnectionFailure,
-				Message: "pgtoken could not check the upstream roles", Err: err}
+				Message: "pgtoken could not check the upstream roles (the reason is in the pgtoken log)", Err: err}
 		}
 		res := results[0]
 		u := &upstreamRoles{roles: map[string]roleAttrs{}}

@@ -32,6 +32,7 @@ func startObserved(t *testing.T, pg *testpg.Cluster, db string, cfg config.Confi
 		t.Fatalf("start pgtoken: %v", err)
 	}
 	t.Cleanup(func() { _ = a.Close() })
+	<-a.UpstreamsChecked()
 	return &pgtest.Env{T: t, PG: pg, DB: db, App: a}, logs
 }
 
@@ -158,7 +159,7 @@ func TestUnreadableRolesFailClosed(t *testing.T) {
 	pg, db := pgtest.NewDB(t)
 	(&pgtest.Env{T: t, PG: pg, DB: db}).Superuser("revoke select on pg_catalog.pg_roles from public")
 	env, logs := startObserved(t, pg, db, pgtest.Config(pg, db))
-	refusedAt(t, env, pgtest.UserToken(t, "alice"), "57P03", "pgtoken could not reach the server")
+	refusedAt(t, env, pgtest.UserToken(t, "alice"), "08006", "pgtoken could not check the upstream roles (the reason is in the pgtoken log)")
 	if n := logs.FilterMessageSnippet("cannot read role attributes").Len(); n == 0 {
 		t.Fatal("no log entry says why")
 	}

@@ -171,6 +171,25 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	// /readyz with the one upstream whose password is wrong: the server's
+	// reason, without the password.
+	wrongCfg := cfg
+	wrongCfg.Listen = "127.0.0.1:0"
+	wrongCfg.Upstream, wrongCfg.Databases = cfg.Databases["wrongpw"].Upstream, nil
+	wrongApp, err := app.Start(context.Background(), wrongCfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err = http.Get("http://" + wrongApp.MetricsAddr() + "/readyz")
+	_ = wrongApp.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readyz, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !strings.Contains(string(readyz), "password authentication failed") {
+		t.Errorf("/readyz: %d %s", resp.StatusCode, readyz)
+	}
 	// A failed reload logs its error.
 	bad := cfg
 	bad.Upstream = "host=127.0.0.1 port=abc password = " + quoted
@@ -197,6 +216,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		"client errors": strings.Join(clientMsgs, "\n"),
 		"SHOW CONFIG":   shown.String(),
 		"/metrics":      string(metrics),
+		"/readyz":       string(readyz),
 	} {
 		for what, s := range secrets {
 			if strings.Contains(text, s) {

@@ -495,6 +495,9 @@ func (s *Server) poolFor(db string) (*pool.Pool, error) {
 		StatementCache: s.cfg.StatementCache,
 		Logger:         s.log,
 		AfterConnect:   s.readRoles(db), // roles.go
+		// Every wait for a server connection, a login's included, so that
+		// the metric and SHOW STATS agree.
+		OnWait: s.obs.PoolWait,
 	})
 	if err != nil {
 		return nil, err
@@ -602,9 +605,7 @@ func (s *Server) acquire(ctx context.Context, p *pool.Pool) (*pool.Conn, error) 
 	if s.draining.Load() {
 		return nil, errShuttingDown()
 	}
-	c, waited, err := p.AcquireWait(ctx)
-	s.obs.PoolWait(waited)
-	return c, err
+	return p.Acquire(ctx) // the wait goes to s.obs through pool.Config.OnWait
 }
 
 // release gives a clean, idle server connection back. In transaction mode
@@ -816,7 +817,8 @@ type Observer interface {
 	// GuardRejected: a statement was refused (guard or pooling mode).
 	GuardRejected()
 	// PoolWait: a client waited d for a server connection (zero when one
-	// was idle).
+	// was idle), at a transaction's start or at a login that had to open
+	// one; the same waits SHOW STATS sums in total_wait_time.
 	PoolWait(d time.Duration)
 	// TransactionDone: a transaction held its server connection for d
 	// (transaction mode).

@@ -46,14 +46,16 @@ func TestUpstreamTLSVerifyFull(t *testing.T) {
 	}
 
 	other, _ := selfSigned(t, t.TempDir())
-	for name, dsn := range map[string]string{
-		"wrong root certificate": pg.DSN("authenticator", "secret", db) + " sslmode=verify-full sslrootcert=" + other,
-		"no TLS":                 pg.DSN("authenticator", "secret", db) + " sslmode=disable",
+	for name, tc := range map[string]struct{ dsn, told string }{
+		// pgtoken refuses the server's certificate: no login took place.
+		"wrong root certificate": {pg.DSN("authenticator", "secret", db) + " sslmode=verify-full sslrootcert=" + other, "pgtoken could not connect to the server"},
+		// The server refuses a login in clear text (pg_hba.conf hostssl).
+		"no TLS": {pg.DSN("authenticator", "secret", db) + " sslmode=disable", "pgtoken could not log in to the server"},
 	} {
 		cfg := pgtest.Config(pg, db)
-		cfg.Upstream = dsn
+		cfg.Upstream = tc.dsn
 		env, logs := startObserved(t, pg, db, cfg)
-		refusedAt(t, env, pgtest.UserToken(t, "alice"), "57P03", "pgtoken could not reach the server")
+		refusedAt(t, env, pgtest.UserToken(t, "alice"), "08006", tc.told+" (the reason is in the pgtoken log)")
 		_, err := pgconn.Connect(ctx(t), env.DSN(pgtest.UserToken(t, "alice")))
 		if err == nil {
 			t.Fatalf("%s: logged in", name)

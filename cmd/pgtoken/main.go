@@ -6,6 +6,7 @@
 //	pgtoken keygen --alg EdDSA [--out FILE] [--public FILE]   a JWKS holding a new private key (mode 0600)
 //	pgtoken mint --key FILE --claims JSON --ttl 1h
 //	pgtoken version
+//	pgtoken <command> -h             what a command does, and its flags
 //
 // serve reloads its configuration on SIGHUP, drains on SIGTERM (up to
 // shutdown_timeout) and stops at once on SIGINT.
@@ -40,6 +41,8 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// run runs one command: 0 on success (and for -h), 2 for a mistake in the
+// command line, 1 for any other failure.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		usage(stderr)
@@ -48,7 +51,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "serve":
-		err = serve(args[1:], stderr)
+		err = serve(args[1:], stdout, stderr)
 	case "check":
 		err = check(args[1:], stdout)
 	case "keygen":
@@ -56,8 +59,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "mint":
 		err = mint(args[1:], stdout)
 	case "version", "--version", "-v":
-		fmt.Fprintln(stdout, "pgtoken", version)
+		if err = versionCmd().parse(args[1:], stdout); err == nil {
+			fmt.Fprintln(stdout, "pgtoken", version)
+		}
 	case "help", "-h", "--help":
+		if len(args) > 1 {
+			if c := commands()[args[1]]; c != nil {
+				c.help(stdout)
+				return 0
+			}
+			fmt.Fprintf(stderr, "pgtoken: unknown command %q\n\n", args[1])
+			usage(stderr)
+			return 2
+		}
 		usage(stdout)
 	default:
 		fmt.Fprintf(stderr, "pgtoken: unknown command %q\n\n", args[0])
@@ -69,6 +83,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		fmt.Fprintln(stderr, "pgtoken:", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
 		return 1
 	}
 	return 0
@@ -77,35 +95,132 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: pgtoken <command> [flags]
 
+pgtoken is a Postgres connection proxy: a client logs in with a JWT as its
+password, and every transaction it runs gets the token's role and claims.
+
 commands:
-  serve   --config FILE   run the proxy (flags override PGTOKEN_* variables, which override the file);
-                          SIGHUP reloads, SIGTERM drains (shutdown_timeout), SIGINT stops at once
-  check   --config FILE   validate the configuration and print it with secrets redacted
-  keygen  --alg ALG [--out FILE] [--public FILE]   a JWKS with a new private key (EdDSA, ES256, RS256, HS256, ...),
-                          on standard output or in FILE, mode 0600 either way; --public: its public half
-  mint    --key FILE --claims JSON [--ttl 1h]   print a signed token
-  version                 print the version
+  serve    run the proxy (--config FILE)
+  check    validate a configuration and print it with secrets redacted
+  keygen   make a signing key (a private JWKS) and its public half
+  mint     print a signed token, for tests and demos
+  version  print the version
+
+pgtoken <command> -h (or pgtoken help <command>) describes a command and
+its flags. docs/CONFIG.md lists every setting and its PGTOKEN_* variable.
 `)
 }
 
-// configFlags are the common settings also available as flags.
+// commands are the subcommands' flag sets, for pgtoken help <command> and
+// the tests.
+func commands() map[string]*cmd {
+	serve, _ := serveCmd()
+	check, _ := checkCmd()
+	keygen, _ := keygenCmd()
+	mint, _ := mintCmd()
+	return map[string]*cmd{"serve": serve, "check": check, "keygen": keygen, "mint": mint, "version": versionCmd()}
+}
+
+// cmd is a subcommand's flags and the help its -h prints.
+type cmd struct {
+	*flag.FlagSet
+	synopsis string            // the usage line
+	about    string            // what the command does
+	args     map[string]string // flag name → its value's name in the help, where flag.UnquoteUsage's is not right
+}
+
+func newCmd(name, synopsis, about string) *cmd {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	// parse reports errors and prints the help itself.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return &cmd{FlagSet: fs, synopsis: synopsis, about: about, args: map[string]string{}}
+}
+
+// usageError is a mistake in the command line (exit status 2).
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// parse reads the flags. -h prints the help to stdout and returns
+// flag.ErrHelp; an unknown flag, a bad value or a stray argument is a
+// usageError.
+func (c *cmd) parse(args []string, stdout io.Writer) error {
+	err := c.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		c.help(stdout)
+		return err
+	case err != nil:
+		return usageError{fmt.Errorf("%s: %w (pgtoken %s -h lists the flags)", c.Name(), err, c.Name())}
+	case c.NArg() > 0 && c.Lookup("config") != nil && (strings.HasSuffix(c.Arg(0), ".yaml") || strings.HasSuffix(c.Arg(0), ".yml")):
+		return usageError{fmt.Errorf("%s: unexpected argument %q: did you mean --config %s?", c.Name(), c.Arg(0), c.Arg(0))}
+	case c.NArg() > 0:
+		return usageError{fmt.Errorf("%s: unexpected argument %q (pgtoken %s -h lists the flags)", c.Name(), c.Arg(0), c.Name())}
+	}
+	return nil
+}
+
+// help prints the usage line, what the command does and each flag.
+func (c *cmd) help(w io.Writer) {
+	fmt.Fprintf(w, "usage: %s\n\n%s", c.synopsis, c.about)
+	first := true
+	c.VisitAll(func(f *flag.Flag) {
+		if first {
+			fmt.Fprint(w, "\nflags:\n")
+			first = false
+		}
+		arg, text := flag.UnquoteUsage(f)
+		if a, ok := c.args[f.Name]; ok {
+			arg = a
+		}
+		if arg != "" {
+			arg = " " + arg
+		}
+		if f.DefValue != "" && f.DefValue != "false" {
+			text += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "  --%s%s\n        %s\n", f.Name, arg, text)
+	})
+}
+
+// configFlags are --config and the common settings also available as
+// flags.
 type configFlags struct {
 	path string
 	set  map[string]*string // flag name → value
 }
 
-func addConfigFlags(fs *flag.FlagSet) *configFlags {
+func addConfigFlags(c *cmd) *configFlags {
 	cf := &configFlags{set: map[string]*string{}}
-	fs.StringVar(&cf.path, "config", "", "YAML configuration file")
+	c.StringVar(&cf.path, "config", "", "YAML configuration `FILE` ("+config.FileEnv+"); serve needs one (an empty file leaves every setting to its default, the PGTOKEN_* variables and the flags)")
 	for _, f := range config.Flags() {
-		cf.set[f.Name] = fs.String(f.Name, "", "sets "+f.Path)
+		c.args[f.Name] = f.Arg
+		text := fmt.Sprintf("%s: %s (%s", f.Path, f.Doc, f.Env)
+		if f.Default != "" {
+			text += "; default " + f.Default
+		}
+		cf.set[f.Name] = c.String(f.Name, "", text+")")
 	}
 	return cf
 }
 
+// configHelp says where the common flags' settings come from.
+const configHelp = `Settings come from the configuration file, then PGTOKEN_* environment
+variables, then these flags; docs/CONFIG.md lists every key with its
+variable.
+`
+
+// file is the configuration file: --config, else $PGTOKEN_CONFIG.
+func (cf *configFlags) file() string {
+	if cf.path != "" {
+		return cf.path
+	}
+	return os.Getenv(config.FileEnv)
+}
+
 // load reads the file, then the environment, then the flags that were given.
 func (cf *configFlags) load(fs *flag.FlagSet) (config.Config, error) {
-	cfg, err := config.Load(cf.path, os.Environ())
+	cfg, err := config.Load(cf.file(), os.Environ())
 	if err != nil {
 		return cfg, err
 	}
@@ -121,23 +236,45 @@ func (cf *configFlags) load(fs *flag.FlagSet) (config.Config, error) {
 	return cfg, nil
 }
 
-func serve(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cf := addConfigFlags(fs)
-	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown (for make bench)")
-	if err := fs.Parse(args); err != nil {
+type serveOpts struct {
+	cf         *configFlags
+	cpuprofile string
+}
+
+func serveCmd() (*cmd, *serveOpts) {
+	c := newCmd("serve", "pgtoken serve --config FILE [flags]", `Runs the proxy. Clients connect to listen as to Postgres and give a JWT as
+their password; pgtoken verifies it and runs each of their transactions on a
+pooled connection to upstream that begins with SET LOCAL ROLE <role claim>
+and the claims as settings. /metrics, /healthz and /readyz are served on
+metrics_listen when it is set.
+
+SIGHUP reloads the configuration, SIGTERM drains (transactions in flight
+may finish within shutdown_timeout), SIGINT stops at once.
+
+`+configHelp)
+	o := &serveOpts{cf: addConfigFlags(c)}
+	c.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile to `FILE` until shutdown (for make bench)")
+	return c, o
+}
+
+func serve(args []string, stdout, stderr io.Writer) error {
+	c, o := serveCmd()
+	if err := c.parse(args, stdout); err != nil {
 		return err
 	}
-	cfg, err := cf.load(fs)
+	if o.cf.file() == "" {
+		return usageError{errors.New("serve: no configuration file: give --config FILE or set " + config.FileEnv +
+			" (pgtoken serve -h; docs/CONFIG.md lists the settings)")}
+	}
+	cfg, err := o.cf.load(c.FlagSet)
 	if err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
 		if err != nil {
 			return err
 		}
@@ -167,7 +304,7 @@ func serve(args []string, stderr io.Writer) error {
 		Version: version,
 		Level:   &level,
 		// A reload reads the file, the environment and the flags again.
-		Load: func() (config.Config, error) { return cf.load(fs) },
+		Load: func() (config.Config, error) { return o.cf.load(c.FlagSet) },
 	})
 	if err != nil {
 		return err
@@ -213,13 +350,22 @@ func runSignals(a *app.App, sigs <-chan os.Signal, log *zap.Logger) error {
 	}
 }
 
+func checkCmd() (*cmd, *configFlags) {
+	c := newCmd("check", "pgtoken check --config FILE [flags]", `Validates a configuration as pgtoken serve would read it (the file, then
+PGTOKEN_* environment variables, then these flags) and prints the effective
+settings with secrets redacted. Exits with status 1 when it is invalid; the
+error names the key it is about.
+
+`+configHelp)
+	return c, addConfigFlags(c)
+}
+
 func check(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	cf := addConfigFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	c, cf := checkCmd()
+	if err := c.parse(args, stdout); err != nil {
 		return err
 	}
-	cfg, err := cf.load(fs)
+	cfg, err := cf.load(c.FlagSet)
 	if err != nil {
 		return err
 	}
@@ -234,46 +380,62 @@ func check(args []string, stdout io.Writer) error {
 	return nil
 }
 
+type keygenOpts struct {
+	alg, public, out string
+	keep             bool
+}
+
+func keygenCmd() (*cmd, *keygenOpts) {
+	c := newCmd("keygen", "pgtoken keygen [--alg ALG] [--out FILE [--keep]] [--public FILE]", `Makes a new signing key and prints it as a JWKS holding the private key (or
+writes it to --out). pgtoken verifies tokens with the public half: write it
+with --public and name that file in jwt.jwks (file:///path/jwks.json). The
+private JWKS signs tokens: pgtoken mint --key, or your own issuer. An HS
+key is a shared secret: the same JWKS file goes to jwt.jwks and to mint.
+`)
+	o := &keygenOpts{}
+	c.StringVar(&o.alg, "alg", "EdDSA", "signing algorithm: EdDSA, ES256/384/512, RS256/384/512, PS256/384/512 or HS256/384/512")
+	c.StringVar(&o.public, "public", "", "also write the public-only JWKS to `FILE` (for jwt.jwks)")
+	c.StringVar(&o.out, "out", "", "write the private JWKS to `FILE` (mode 0600) instead of standard output")
+	c.BoolVar(&o.keep, "keep", false, "with --out: do nothing if that file exists already (for init containers)")
+	return c, o
+}
+
 func keygen(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
-	alg := fs.String("alg", "EdDSA", "EdDSA, ES256/384/512, RS256/384/512, PS256/384/512 or HS256/384/512")
-	public := fs.String("public", "", "also write the public-only JWKS to this file, for jwt.jwks (not for HS*: a shared secret has no public half)")
-	out := fs.String("out", "", "write the private JWKS to this file (mode 0600) instead of standard output")
-	keep := fs.Bool("keep", false, "with --out: do nothing if that file exists already (for init containers)")
-	if err := fs.Parse(args); err != nil {
+	c, o := keygenCmd()
+	if err := c.parse(args, stdout); err != nil {
 		return err
 	}
-	if *keep && *out == "" {
-		return errors.New("keygen: --keep needs --out")
+	if o.keep && o.out == "" {
+		return usageError{errors.New("keygen: --keep needs --out")}
 	}
-	if *public != "" && strings.HasPrefix(*alg, "HS") {
+	if o.public != "" && strings.HasPrefix(o.alg, "HS") {
 		return fmt.Errorf("keygen: --public: an %s key is a shared secret and has no public half; "+
-			"pgtoken verifies with the private JWKS itself (jwt.jwks: file:///path/to/it), which must stay as secret as the signing side's copy", *alg)
+			"pgtoken verifies with the private JWKS itself (jwt.jwks: file:///path/to/it), which must stay as secret as the signing side's copy", o.alg)
 	}
-	if *keep {
-		if _, err := os.Stat(*out); err == nil {
-			fmt.Fprintf(stdout, "keygen: %s exists; keeping it\n", *out)
+	if o.keep {
+		if _, err := os.Stat(o.out); err == nil {
+			fmt.Fprintf(stdout, "keygen: %s exists; keeping it\n", o.out)
 			return nil
 		}
 	}
-	priv, pub, err := authn.GenerateJWKS(*alg)
+	priv, pub, err := authn.GenerateJWKS(o.alg)
 	if err != nil {
 		return err
 	}
 	priv = append(priv, '\n')
-	if *out != "" {
-		f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if o.out != "" {
+		f, err := os.OpenFile(o.out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err != nil {
 			return fmt.Errorf("keygen: %w", err)
 		}
 		if err := writePrivate(f, priv); err != nil {
-			return fmt.Errorf("keygen: %s: %w", *out, err)
+			return fmt.Errorf("keygen: %s: %w", o.out, err)
 		}
 	} else if err := writePrivateStdout(stdout, priv); err != nil {
 		return err
 	}
-	if *public != "" {
-		if err := os.WriteFile(*public, append(pub, '\n'), 0o644); err != nil {
+	if o.public != "" {
+		if err := os.WriteFile(o.public, append(pub, '\n'), 0o644); err != nil {
 			return fmt.Errorf("keygen: %w", err)
 		}
 	}
@@ -308,31 +470,49 @@ func writePrivateStdout(stdout io.Writer, key []byte) error {
 	return err
 }
 
+type mintOpts struct {
+	key, claims string
+	ttl         time.Duration
+}
+
+func mintCmd() (*cmd, *mintOpts) {
+	c := newCmd("mint", "pgtoken mint --key FILE [--claims JSON] [--ttl 1h]", `Prints a token signed with the first key of a private JWKS (from pgtoken
+keygen), for tests and demos; in production your identity provider issues
+the tokens. Use it as the password: PGPASSWORD=$(pgtoken mint ...) psql ...
+`)
+	o := &mintOpts{}
+	c.StringVar(&o.key, "key", "", "JWKS `FILE` holding a private key (from pgtoken keygen); required")
+	c.StringVar(&o.claims, "claims", "{}", "the claims as a `JSON` object, e.g. '{\"role\":\"web_user\",\"sub\":\"alice\"}'")
+	c.DurationVar(&o.ttl, "ttl", time.Hour, "lifetime; sets exp unless the claims have one (0: no exp)")
+	return c, o
+}
+
 func mint(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("mint", flag.ContinueOnError)
-	key := fs.String("key", "", "JWKS file holding a private key (from pgtoken keygen)")
-	claimsJSON := fs.String("claims", "{}", "claims as a JSON object")
-	ttl := fs.Duration("ttl", time.Hour, "lifetime; sets exp unless the claims have one (0: no exp)")
-	if err := fs.Parse(args); err != nil {
+	c, o := mintCmd()
+	if err := c.parse(args, stdout); err != nil {
 		return err
 	}
-	if *key == "" {
-		return errors.New("mint: --key is required")
+	if o.key == "" {
+		return usageError{errors.New("mint: --key is required (pgtoken mint -h)")}
 	}
-	raw, err := os.ReadFile(*key)
+	raw, err := os.ReadFile(o.key)
 	if err != nil {
 		return err
 	}
 	var claims map[string]any
-	dec := json.NewDecoder(strings.NewReader(*claimsJSON))
+	dec := json.NewDecoder(strings.NewReader(o.claims))
 	dec.UseNumber()
 	if err := dec.Decode(&claims); err != nil {
-		return fmt.Errorf("mint: --claims must be a JSON object: %w", err)
+		return usageError{fmt.Errorf("mint: --claims must be a JSON object: %w", err)}
 	}
-	tok, err := authn.Mint(raw, claims, *ttl, time.Now())
+	tok, err := authn.Mint(raw, claims, o.ttl, time.Now())
 	if err != nil {
 		return err
 	}
 	_, err = fmt.Fprintln(stdout, tok)
 	return err
+}
+
+func versionCmd() *cmd {
+	return newCmd("version", "pgtoken version", "Prints pgtoken's version (the git tag or commit it was built from).\n")
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pgtoken/pgtoken/authn"
+	"github.com/pgtoken/pgtoken/internal/config"
 )
 
 func TestKeygenMintVerify(t *testing.T) {
@@ -246,5 +248,79 @@ func TestShippedConfigsAreValid(t *testing.T) {
 	errb.Reset()
 	if code := run([]string{"check", "--config", conf}, &out, &errb); code != 0 {
 		t.Fatalf("deploy/kubernetes/configmap.yaml: %s", errb.String())
+	}
+}
+
+// TestHelpDescribesEveryFlag: each command's -h (and pgtoken help
+// <command>) says what it does and lists every flag with its text, and
+// each setting's flag with its PGTOKEN_* variable.
+func TestHelpDescribesEveryFlag(t *testing.T) {
+	envOf := map[string]string{}
+	for _, f := range config.Flags() {
+		if f.Env == "" || f.Doc == "" {
+			t.Errorf("config flag --%s (%s) has no environment variable or meaning", f.Name, f.Path)
+		}
+		envOf[f.Name] = f.Env
+	}
+	envOf["config"] = "PGTOKEN_CONFIG"
+	cmds := commands()
+	for _, name := range []string{"serve", "check", "keygen", "mint", "version"} {
+		c := cmds[name]
+		if c == nil {
+			t.Fatalf("no command %q", name)
+		}
+		var out, errb bytes.Buffer
+		if code := run([]string{name, "-h"}, &out, &errb); code != 0 || errb.Len() != 0 {
+			t.Fatalf("%s -h: exit %d, stderr %q", name, code, errb.String())
+		}
+		help := out.String()
+		var viaHelp bytes.Buffer
+		if code := run([]string{"help", name}, &viaHelp, &errb); code != 0 || viaHelp.String() != help {
+			t.Errorf("pgtoken help %s differs from %s -h (exit %d)", name, name, code)
+		}
+		if !strings.HasPrefix(help, "usage: pgtoken "+name) || len(strings.TrimSpace(c.about)) < 30 || !strings.Contains(help, c.about) {
+			t.Errorf("%s -h does not say what the command does:\n%s", name, help)
+		}
+		c.VisitAll(func(f *flag.Flag) {
+			_, text := flag.UnquoteUsage(f)
+			if len(text) < 10 {
+				t.Errorf("%s --%s: no description", name, f.Name)
+			}
+			if !strings.Contains(help, "\n  --"+f.Name+" ") && !strings.Contains(help, "\n  --"+f.Name+"\n") || !strings.Contains(help, text) {
+				t.Errorf("%s -h lacks --%s (%q):\n%s", name, f.Name, text, help)
+			}
+			if env := envOf[f.Name]; env != "" && !strings.Contains(text, env) {
+				t.Errorf("%s --%s does not name %s: %q", name, f.Name, env, text)
+			}
+		})
+	}
+}
+
+// TestServeWithoutConfigSaysSo: serve with neither --config nor
+// PGTOKEN_CONFIG refuses to start and says what to give, rather than
+// complaining about settings a file would have held.
+func TestServeWithoutConfigSaysSo(t *testing.T) {
+	t.Setenv("PGTOKEN_CONFIG", "")
+	t.Setenv("PGTOKEN_UPSTREAM", "postgres://a@127.0.0.1/app")
+	var out, errb bytes.Buffer
+	code := run([]string{"serve", "--listen", "127.0.0.1:0"}, &out, &errb)
+	if code != 2 {
+		t.Fatalf("exit %d, want 2; stderr %q", code, errb.String())
+	}
+	msg := errb.String()
+	for _, want := range []string{"no configuration file", "--config FILE", "PGTOKEN_CONFIG"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message lacks %q: %q", want, msg)
+		}
+	}
+	errb.Reset()
+	if code := run([]string{"serve", "pgtoken.yaml"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "did you mean --config pgtoken.yaml") {
+		t.Errorf("a file name without --config: exit %d, %q", code, errb.String())
+	}
+	// PGTOKEN_CONFIG names the file when --config is not given.
+	t.Setenv("PGTOKEN_CONFIG", filepath.Join(t.TempDir(), "missing.yaml"))
+	errb.Reset()
+	if code := run([]string{"serve"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "missing.yaml") {
+		t.Errorf("with PGTOKEN_CONFIG naming a missing file: exit %d, %q", code, errb.String())
 	}
 }

@@ -211,7 +211,12 @@ func TestServeSIGINTStopsAtOnce(t *testing.T) {
 	}
 	port := freePort(t)
 	cmd := exec.Command(bin, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--upstream", pg.DSN("authenticator", "secret", db))
-	cmd.Env = append(os.Environ(), "PGTOKEN_JWT_SECRET="+pgtest.Secret, "PGTOKEN_JWT_ALLOWED_ROLES=web_user", "PGTOKEN_SHUTDOWN_TIMEOUT=30s")
+	// An empty file from PGTOKEN_CONFIG: every setting from the flags and the environment.
+	empty := filepath.Join(dir, "empty.yaml")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), "PGTOKEN_CONFIG="+empty, "PGTOKEN_JWT_SECRET="+pgtest.Secret, "PGTOKEN_JWT_ALLOWED_ROLES=web_user", "PGTOKEN_SHUTDOWN_TIMEOUT=30s")
 	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

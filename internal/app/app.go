@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -63,35 +62,7 @@ type App struct {
 	done     chan error
 	once     sync.Once
 	closeErr error
-}
-
-// NewLogger builds the zap logger the configuration asks for.
-func NewLogger(level, format string) (*zap.Logger, error) {
-	log, _, err := NewLoggerLevel(level, format)
-	return log, err
-}
-
-// NewLoggerLevel is NewLogger that also returns the level, which a reload
-// can change (Options.Level).
-func NewLoggerLevel(level, format string) (*zap.Logger, zap.AtomicLevel, error) {
-	var lvl zapcore.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, zap.AtomicLevel{}, fmt.Errorf("log_level: %w", err)
-	}
-	zc := zap.NewProductionConfig()
-	zc.Level = zap.NewAtomicLevelAt(lvl)
-	zc.Encoding = "json"
-	if format == "console" {
-		zc.Encoding = "console"
-		zc.EncoderConfig = zap.NewDevelopmentEncoderConfig()
-	}
-	zc.DisableStacktrace = true
-	zc.Sampling = nil
-	log, err := zc.Build()
-	if err != nil {
-		return nil, zap.AtomicLevel{}, err
-	}
-	return log, zc.Level, nil
+	checked  chan struct{} // closed when the start's upstream check is done
 }
 
 // AuthnConfig maps the configuration onto the verifier's.
@@ -136,7 +107,7 @@ func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Opt
 		opts.Version = "dev"
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	a := &App{Log: log, opts: opts, ctx: ctx, cancel: cancel, done: make(chan error, 1)}
+	a := &App{Log: log, opts: opts, ctx: ctx, cancel: cancel, done: make(chan error, 1), checked: make(chan struct{})}
 	a.Metrics = metrics.New(opts.Version)
 	a.cfg.Store(&cfg)
 	var cleanup []func()
@@ -236,8 +207,16 @@ func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Opt
 		log.Info("metrics listening", zap.String("metrics_listen", ml.Addr().String()))
 	}
 	go func() { a.done <- srv.Serve(l) }()
-	log.Info("pgtoken listening", zap.String("listen", l.Addr().String()), zap.String("mode", cfg.Pool.Mode),
-		zap.String("upstream", config.RedactDSN(cfg.Upstream)), zap.Int("peer_id", cfg.PeerID))
+	fields := []zap.Field{zap.String("listen", l.Addr().String()), zap.Bool("tls", tlsCfg != nil),
+		zap.String("mode", cfg.Pool.Mode), zap.String("upstream", config.RedactDSN(cfg.Upstream))}
+	if cfg.PeerID != 0 || len(cfg.Peers) > 0 {
+		fields = append(fields, zap.Int("peer_id", cfg.PeerID))
+	}
+	log.Info("pgtoken listening", fields...)
+	go func() {
+		defer close(a.checked)
+		a.checkUpstreams(cfg) // upstream.go
+	}()
 	return a, nil
 }
 
@@ -251,6 +230,10 @@ func (a *App) newVerifier(cfg config.Config) (*authn.Verifier, error) {
 	}
 	return v, nil
 }
+
+// UpstreamsChecked is closed once the login to each upstream tried at start
+// has been logged (or pgtoken was closed first).
+func (a *App) UpstreamsChecked() <-chan struct{} { return a.checked }
 
 // Config is the configuration in effect (after reloads).
 func (a *App) Config() config.Config { return *a.cfg.Load() }
@@ -387,62 +370,9 @@ func (a *App) finish() error {
 		}
 		a.verifier.Load().Close()
 		a.cancel()
+		<-a.checked
 	})
 	return a.closeErr
-}
-
-// ready reports why pgtoken cannot serve clients, or nil: it is shutting
-// down, it has no key to verify tokens with, or no upstream answers. A
-// pool holding live server connections shows the upstream answers;
-// otherwise one login to an upstream is tried.
-func (a *App) ready(ctx context.Context) error {
-	if a.Server.Draining() {
-		return errors.New("shutting down")
-	}
-	if a.verifier.Load().KeyCount() == 0 {
-		return errors.New("no token verification key loaded")
-	}
-	for _, p := range a.Server.Stats().Pools {
-		if p.Active+p.Idle > 0 {
-			return nil
-		}
-	}
-	cfg := a.cfg.Load()
-	dsns := []string{cfg.Upstream}
-	for _, d := range cfg.Databases {
-		dsns = append(dsns, d.Upstream)
-	}
-	var first error
-	for _, dsn := range dsns {
-		err := probe(ctx, dsn)
-		if err == nil {
-			return nil
-		}
-		if first == nil {
-			first = err
-		}
-	}
-	return first
-}
-
-// probe logs in to an upstream once. A server that answers that the
-// database does not exist still answers.
-func probe(ctx context.Context, dsn string) error {
-	pc, err := pgconn.ParseConfig(dsn)
-	if err != nil {
-		return errors.New("upstream: invalid connection string")
-	}
-	pc.ConnectTimeout = 2 * time.Second
-	conn, err := pgconn.ConnectConfig(ctx, pc)
-	if err == nil {
-		_ = conn.Close(ctx)
-		return nil
-	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "3D000" {
-		return nil
-	}
-	return fmt.Errorf("upstream %s:%d does not answer", pc.Host, pc.Port)
 }
 
 // loadCert reads the client-facing certificate.

@@ -30,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pgtoken/pgtoken/authn"
 	"github.com/pgtoken/pgtoken/internal/app"
@@ -805,4 +806,159 @@ func writeCert(certFile, keyFile, cn string) error {
 		return err
 	}
 	return os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+}
+
+// TestPoolWaitMetricAgreesWithShowStats: pgtoken_pool_wait_seconds counts
+// the same waits as the console's SHOW STATS total_wait_time: those of
+// clients waiting for a busy pool, and that of the first login, which opens
+// the pool's first server connection to read the upstream roles.
+func TestPoolWaitMetricAgreesWithShowStats(t *testing.T) {
+	env := pgtest.Start(t, func(c *config.Config) {
+		c.MetricsListen = "127.0.0.1:0"
+		c.AdminRoles = config.StringList{"web_admin"}
+		c.Pool.Size = 1
+	})
+	addr := env.App.MetricsAddr()
+	holder := env.Connect(pgtest.UserToken(t, "holder"))
+	waiter := env.Connect(pgtest.UserToken(t, "waiter"))
+	exec(t, holder, "begin; select 1")
+	done := make(chan error, 1)
+	go func() { _, err := waiter.Exec(context.Background(), "select 1").ReadAll(); done <- err }()
+	waitFor(t, "a waiting client", func() bool {
+		return scrape(t, addr)[`pgtoken_client_connections{state="waiting"}`] == 1
+	})
+	time.Sleep(100 * time.Millisecond)
+	exec(t, holder, "commit")
+	if err := recv(t, done, "the waiting client"); err != nil {
+		t.Fatal(err)
+	}
+	console := connect(t, env.App, "pgtoken", pgtest.Token(t, map[string]any{"role": "web_admin", "sub": "ops"}))
+	var statsMicros int64
+	for _, row := range exec(t, console, "show stats") {
+		n, err := strconv.ParseInt(row[4], 10, 64) // total_wait_time
+		if err != nil {
+			t.Fatalf("show stats row %q: %v", row, err)
+		}
+		statsMicros += n
+	}
+	metricMicros := scrape(t, addr)["pgtoken_pool_wait_seconds_sum"] * 1e6
+	if statsMicros < 100_000 {
+		t.Fatalf("SHOW STATS total_wait_time = %d us, want the waiting client's 100 ms or more", statsMicros)
+	}
+	// SHOW STATS truncates its sum to microseconds.
+	if d := metricMicros - float64(statsMicros); d < -1 || d > 2 {
+		t.Fatalf("pgtoken_pool_wait_seconds_sum = %.0f us, SHOW STATS total_wait_time = %d us", metricMicros, statsMicros)
+	}
+}
+
+// TestListeningLineSaysTLS: the "pgtoken listening" line says whether
+// clients can use TLS.
+func TestListeningLineSaysTLS(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := writeCert(certFile, keyFile, "pgtoken"); err != nil {
+		t.Fatal(err)
+	}
+	for _, withTLS := range []bool{false, true} {
+		cfg := pgtest.Config(pg, db)
+		if withTLS {
+			cfg.TLS.Cert, cfg.TLS.Key = certFile, keyFile
+		}
+		core, logs := observer.New(zapcore.InfoLevel)
+		a, err := app.Start(context.Background(), cfg, zap.New(core))
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeApp(t, a)
+		lines := logs.FilterMessage("pgtoken listening").All()
+		if len(lines) != 1 {
+			t.Fatalf("%d listening lines", len(lines))
+		}
+		if got, ok := lines[0].ContextMap()["tls"]; !ok || got != withTLS {
+			t.Errorf("with TLS %v, the listening line says tls=%v (%v)", withTLS, got, lines[0].ContextMap())
+		}
+	}
+}
+
+// TestWrongUpstreamPasswordIsVisible: with a wrong upstream password the
+// log says so at start (ERROR, the server's reason), /readyz answers 503
+// with that reason, a client is told that pgtoken could not log in to the
+// server and that the log has the reason (not the reason itself), the
+// failures of clients' server logins are logged at WARN at most once per
+// interval, and the recovery is logged too. No password shows anywhere.
+func TestWrongUpstreamPasswordIsVisible(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	login := "upw_" + db
+	right, wrong := "Right-"+randomWord(), "Wrong-"+randomWord()
+	(&pgtest.Env{T: t, PG: pg, DB: db}).Superuser(fmt.Sprintf(
+		"create role %[1]s login noinherit password '%[2]s'; grant web_anon, web_user, web_admin to %[1]s; grant connect on database %[3]s to %[1]s",
+		login, right, db))
+	cfg := pgtest.Config(pg, db)
+	cfg.Upstream = pg.DSN(login, wrong, db)
+	cfg.MetricsListen = "127.0.0.1:0"
+	core, logs := observer.New(zapcore.InfoLevel)
+	a, err := app.Start(context.Background(), cfg, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	noSecret := func(where, text string) {
+		t.Helper()
+		if strings.Contains(text, wrong) || strings.Contains(text, right) {
+			t.Errorf("the %s shows a password: %s", where, text)
+		}
+	}
+	errorText := func(e observer.LoggedEntry) string {
+		err, _ := e.ContextMap()["error"].(string)
+		return err
+	}
+
+	<-a.UpstreamsChecked()
+	atStart := logs.FilterMessageSnippet("cannot log in to the upstream").FilterLevelExact(zapcore.ErrorLevel).All()
+	if len(atStart) != 1 || !strings.Contains(errorText(atStart[0]), "password authentication failed") || !strings.Contains(errorText(atStart[0]), "28P01") {
+		t.Fatalf("at start, want one ERROR naming the authentication failure; got %v", logs.All())
+	}
+	noSecret("start log", fmt.Sprint(atStart[0].ContextMap()))
+
+	code, body := get(t, "http://"+a.MetricsAddr()+"/readyz")
+	if code != 503 || !strings.Contains(body, `password authentication failed for user "`+login+`"`) || !strings.Contains(body, "28P01") {
+		t.Fatalf("/readyz: %d %q", code, body)
+	}
+	noSecret("/readyz", body)
+
+	tok := pgtest.UserToken(t, "alice")
+	for range 3 {
+		_, err := pgconn.Connect(ctx(t), dsn(a, db, tok))
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Severity != "FATAL" || pe.Code != "08006" ||
+			pe.Message != "pgtoken could not log in to the server (the reason is in the pgtoken log)" {
+			t.Fatalf("client login: %v", err)
+		}
+		if strings.Contains(err.Error(), login) || strings.Contains(err.Error(), "authentication") {
+			t.Fatalf("the client is told the upstream's reason: %v", err)
+		}
+	}
+	warns := logs.FilterMessage("could not open a server connection").FilterLevelExact(zapcore.WarnLevel).All()
+	if len(warns) != 1 || !strings.Contains(errorText(warns[0]), "password authentication failed") {
+		t.Fatalf("three failed server logins in a row: want one WARN naming the authentication failure, got %v", warns)
+	}
+	noSecret("pool log", fmt.Sprint(warns[0].ContextMap()))
+
+	// The password is put right: logins work, and the log says so once.
+	(&pgtest.Env{T: t, PG: pg, DB: db}).Superuser(fmt.Sprintf("alter role %s password '%s'", login, wrong))
+	c := connect(t, a, db, tok)
+	if got := exec(t, c, "select current_user"); got[0][0] != "web_user" {
+		t.Fatalf("current_user %q", got)
+	}
+	if n := logs.FilterMessage("server connections open again").Len(); n != 1 {
+		t.Errorf("%d lines say server connections open again, want 1", n)
+	}
+	waitFor(t, "/readyz to pass", func() bool { code, _ := get(t, "http://"+a.MetricsAddr()+"/readyz"); return code == 200 })
+}
+
+func randomWord() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%x", b)
 }

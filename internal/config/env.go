@@ -14,6 +14,14 @@ import (
 // EnvPrefix starts every environment variable pgtoken reads.
 const EnvPrefix = "PGTOKEN_"
 
+// FileEnv names the configuration file when --config is not given.
+const FileEnv = EnvPrefix + "CONFIG"
+
+// envName is the environment variable of the setting at path.
+func envName(path string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(path, ".", "_"))
+}
+
 // field is one leaf setting: its YAML path, environment name and value.
 type field struct {
 	path   string // pool.size
@@ -50,7 +58,7 @@ func fields(cfg *Config) []field {
 			default:
 				out = append(out, field{
 					path:   path,
-					env:    EnvPrefix + strings.ToUpper(strings.ReplaceAll(path, ".", "_")),
+					env:    envName(path),
 					doc:    sf.Tag.Get("doc"),
 					secret: sf.Tag.Get("secret"),
 					reload: sf.Tag.Get("reload") == "yes",
@@ -395,23 +403,35 @@ func Reloadable(path string) bool {
 	return strings.HasPrefix(path, "databases.") && strings.HasSuffix(path, ".pool_size")
 }
 
-// Flag is a setting also available as a command-line flag.
-type Flag struct{ Name, Path string }
+// Flag is a setting also available as a command-line flag: its flag name,
+// the name of its value in help texts, YAML path, environment variable,
+// meaning and default (as text).
+type Flag struct{ Name, Arg, Path, Env, Doc, Default string }
 
 // Flags lists the common settings that serve and check take as flags.
 func Flags() []Flag {
-	return []Flag{
-		{"listen", "listen"},
-		{"upstream", "upstream"},
-		{"log-level", "log_level"},
-		{"log-format", "log_format"},
-		{"pool-mode", "pool.mode"},
-		{"pool-size", "pool.size"},
-		{"metrics", "metrics_listen"},
-		{"shutdown-timeout", "shutdown_timeout"},
-		{"peer-id", "peer_id"},
-		{"reuse-port", "reuse_port"},
+	list := []Flag{
+		{Name: "listen", Arg: "ADDR", Path: "listen"},
+		{Name: "upstream", Arg: "DSN", Path: "upstream"},
+		{Name: "log-level", Arg: "LEVEL", Path: "log_level"},
+		{Name: "log-format", Arg: "FORMAT", Path: "log_format"},
+		{Name: "pool-mode", Arg: "MODE", Path: "pool.mode"},
+		{Name: "pool-size", Arg: "N", Path: "pool.size"},
+		{Name: "metrics", Arg: "ADDR", Path: "metrics_listen"},
+		{Name: "shutdown-timeout", Arg: "DURATION", Path: "shutdown_timeout"},
+		{Name: "peer-id", Arg: "N", Path: "peer_id"},
+		{Name: "reuse-port", Arg: "BOOL", Path: "reuse_port"},
 	}
+	d := Default()
+	byPath := map[string]field{}
+	for _, f := range fields(&d) {
+		byPath[f.path] = f
+	}
+	for i, fl := range list {
+		f := byPath[fl.Path]
+		list[i].Env, list[i].Doc, list[i].Default = f.env, f.doc, valueText(f.v)
+	}
+	return list
 }
 
 // Reload returns cur with the settings a reload applies taken from next,

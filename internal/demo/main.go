@@ -82,7 +82,7 @@ func run(port int) error {
 	cfg.JWT.AnonRole = "web_anon"
 	cfg.Claims.JSON = "request.jwt.claims"
 	cfg.AdminRoles = config.StringList{"web_admin"}
-	metricsAddr := "127.0.0.1:" + strconv.Itoa(freePort(9187))
+	metricsAddr := "127.0.0.1:" + strconv.Itoa(freePort(9432))
 	cfg.MetricsListen = metricsAddr
 	log, err := app.NewLogger("info", "console")
 	if err != nil {

@@ -53,7 +53,7 @@ func New(version string) *Metrics {
 		}),
 		poolWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pgtoken_pool_wait_seconds",
-			Help:    "Time a client waited for a server connection at a transaction's start (zero when one was idle; includes logging in a new one).",
+			Help:    "Time a client waited for a server connection, at a transaction's start or at a login that needed one (zero when one was idle; includes logging in a new one); SHOW STATS total_wait_time sums the same waits.",
 			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
 		}),
 		txDuration: prometheus.NewHistogram(prometheus.HistogramOpts{

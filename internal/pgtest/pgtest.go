@@ -103,6 +103,9 @@ func StartWith(t testing.TB, pg *testpg.Cluster, db string, cfg config.Config) *
 		t.Fatalf("start pgtoken: %v", err)
 	}
 	t.Cleanup(func() { _ = a.Close() })
+	// The start's own login to the upstream is over before the test counts
+	// server connections.
+	<-a.UpstreamsChecked()
 	return &Env{T: t, PG: pg, DB: db, App: a}
 }
 

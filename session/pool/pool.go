@@ -22,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/pgtoken/pgtoken/wire"
 )
@@ -46,6 +47,10 @@ type Config struct {
 	// is logged in, before pgtoken takes it over; an error fails the login
 	// (and should be a *wire.Error).
 	AfterConnect func(ctx context.Context, pc *pgconn.PgConn) error
+	// OnWait, when set, hears every wait that Stats.WaitTime sums, as it
+	// ends (zero when an idle conn was at hand), so that metrics and the
+	// admin console count the same waits. It must not block.
+	OnWait func(time.Duration)
 }
 
 // Default buffer sizes.
@@ -84,6 +89,12 @@ type Pool struct {
 
 	// Counters for SHOW STATS and metrics.
 	xacts, xactNanos, queries, waitNanos atomic.Int64
+
+	// Failed logins of new conns are logged at most once per
+	// loginFailureLogInterval; unlogged counts those left out since.
+	failLog  *rate.Limiter
+	unlogged atomic.Int64
+	failing  atomic.Bool // the last login failed (and was counted)
 
 	closed chan struct{}
 	once   sync.Once
@@ -131,14 +142,20 @@ func New(cfg Config) (*Pool, error) {
 		log = zap.NewNop()
 	}
 	return &Pool{
-		cfg:    cfg,
-		pgcfg:  pgcfg,
-		log:    log.With(zap.String("database", cfg.Name)),
-		size:   cfg.Size,
-		conns:  map[*Conn]struct{}{},
-		closed: make(chan struct{}),
+		cfg:     cfg,
+		pgcfg:   pgcfg,
+		log:     log.With(zap.String("database", cfg.Name)),
+		size:    cfg.Size,
+		conns:   map[*Conn]struct{}{},
+		closed:  make(chan struct{}),
+		failLog: rate.NewLimiter(rate.Every(loginFailureLogInterval), 1),
 	}, nil
 }
+
+// loginFailureLogInterval is how often at most a pool logs that new server
+// connections fail (a server that refuses every login would otherwise log
+// once per client transaction).
+const loginFailureLogInterval = 10 * time.Second
 
 // Name is the client-facing database name.
 func (p *Pool) Name() string { return p.cfg.Name }
@@ -168,7 +185,7 @@ type Stats struct {
 	Transactions    int64
 	Queries         int64
 	TransactionTime time.Duration // summed over transactions
-	WaitTime        time.Duration // summed over Acquire calls
+	WaitTime        time.Duration // summed over Acquire calls (Config.OnWait hears each)
 }
 
 // Stats reports the pool's state and counters.
@@ -242,26 +259,22 @@ func (p *Pool) ServerParams() map[string]string {
 }
 
 // Acquire returns an idle conn, logging in a new one while fewer than Size
-// exist, or waits up to WaitTimeout (or ctx) for one to be released.
+// exist, or waits up to WaitTimeout (or ctx) for one to be released. The
+// wait (zero when an idle conn was at hand; a login of a new conn counts as
+// waiting) goes into Stats.WaitTime and to Config.OnWait.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
-	c, _, err := p.AcquireWait(ctx)
-	return c, err
-}
-
-// AcquireWait is Acquire that also tells how long the caller waited (zero
-// when an idle conn was at hand; a login of a new conn counts as waiting).
-func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 	p.mu.Lock()
 	if p.isClosed {
 		p.mu.Unlock()
-		return nil, 0, ErrClosed
+		return nil, ErrClosed
 	}
 	if !p.paused && len(p.waiters) == 0 {
 		if c := p.popIdle(); c != nil {
 			p.handOut(c)
 			p.mu.Unlock()
 			c.since = time.Now().UnixNano()
-			return c, 0, nil
+			p.waited(0)
+			return c, nil
 		}
 		if p.total < p.size {
 			p.total++
@@ -269,7 +282,8 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 			p.mu.Unlock()
 			start := time.Now()
 			c, err := p.dial(ctx)
-			return c, p.noteWait(start), err
+			p.waited(time.Since(start))
+			return c, err
 		}
 	}
 	w := &waiter{ch: make(chan *Conn, 1), since: time.Now()}
@@ -288,10 +302,12 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 	case c := <-w.ch:
 		if c == nil {
 			c, err = p.dial(ctx)
-			return c, p.noteWait(w.since), err
+			p.waited(time.Since(w.since))
+			return c, err
 		}
 		c.since = time.Now().UnixNano()
-		return c, p.noteWait(w.since), nil
+		p.waited(time.Since(w.since))
+		return c, nil
 	case <-timeout:
 		err = fmt.Errorf("%w after %s (pool size %d)", ErrWaitTimeout, p.cfg.WaitTimeout, size)
 	case <-ctx.Done():
@@ -302,7 +318,8 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 	p.mu.Lock()
 	if p.dropWaiter(w) {
 		p.mu.Unlock()
-		return nil, p.noteWait(w.since), err
+		p.waited(time.Since(w.since))
+		return nil, err
 	}
 	p.mu.Unlock()
 	// Something was granted just as the wait ended: give it back.
@@ -315,14 +332,17 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 		p.grant()
 		p.mu.Unlock()
 	}
-	return nil, p.noteWait(w.since), err
+	p.waited(time.Since(w.since))
+	return nil, err
 }
 
-// noteWait adds the time since start to the wait total and returns it.
-func (p *Pool) noteWait(start time.Time) time.Duration {
-	d := time.Since(start)
+// waited counts one Acquire's wait: in the WaitTime total and to
+// Config.OnWait. Every Acquire calls it once, so both see the same waits.
+func (p *Pool) waited(d time.Duration) {
 	p.waitNanos.Add(int64(d))
-	return d
+	if p.cfg.OnWait != nil {
+		p.cfg.OnWait(d)
+	}
 }
 
 // popIdle takes the most recently released live conn (under mu). A dead
@@ -399,7 +419,8 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	c, err := p.connect(ctx)
 	p.mu.Lock()
 	p.connecting--
-	if err == nil && p.isClosed {
+	closed := p.isClosed
+	if err == nil && closed {
 		_ = c.nc.Close()
 		err = ErrClosed
 	}
@@ -407,7 +428,14 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		p.total--
 		p.grant()
 		p.mu.Unlock()
-		return nil, err
+		if closed || errors.Is(ctx.Err(), context.Canceled) {
+			return nil, err // pgtoken or the client gave up: nothing to report
+		}
+		p.loginFailed(err)
+		return nil, loginError(err)
+	}
+	if p.failing.Swap(false) {
+		p.log.Info("server connections open again", zap.String("server", p.server()))
 	}
 	p.conns[c] = struct{}{}
 	p.handOut(c)
@@ -572,15 +600,13 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	}
 	pc, err := pgconn.ConnectConfig(ctx, p.pgcfg)
 	if err != nil {
-		return nil, &wire.Error{Severity: wire.SeverityError, Code: wire.CodeConnectionFailure,
-			Message: "pgtoken could not connect to the server", Err: err}
+		return nil, err
 	}
 	if err := pc.SyncConn(ctx); err != nil {
 		_ = pc.Close(ctx)
 		// The server may end a connection as soon as it is made (killed,
 		// shutting down): a connection failure, not an internal error.
-		return nil, &wire.Error{Severity: wire.SeverityError, Code: wire.CodeConnectionFailure,
-			Message: "pgtoken could not connect to the server", Err: fmt.Errorf("sync new server connection: %w", err)}
+		return nil, fmt.Errorf("sync new server connection: %w", err)
 	}
 	if p.cfg.AfterConnect != nil {
 		if err := p.cfg.AfterConnect(ctx, pc); err != nil {
@@ -611,6 +637,53 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		log:      p.log,
 	}
 	return c, nil
+}
+
+// loginFailed logs why a new server connection could not be made, at WARN
+// and at most once per loginFailureLogInterval (with the number of
+// failures left out since). A database that does not exist is the
+// client's mistake, told to that client, and not logged here.
+func (p *Pool) loginFailed(err error) {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "3D000" {
+		return
+	}
+	p.failing.Store(true)
+	if !p.failLog.Allow() {
+		p.unlogged.Add(1)
+		return
+	}
+	fields := []zap.Field{zap.String("server", p.server()), zap.String("user", p.pgcfg.User), zap.Error(err)}
+	if n := p.unlogged.Swap(0); n > 0 {
+		fields = append(fields, zap.Int64("failures_not_logged", n))
+	}
+	p.log.Warn("could not open a server connection", fields...)
+}
+
+// server is the upstream's address, host:port.
+func (p *Pool) server() string {
+	return net.JoinHostPort(p.pgcfg.Host, fmt.Sprint(p.pgcfg.Port))
+}
+
+// loginError is what the client of a failed server login is told: that
+// pgtoken could not connect to or log in to the server, not why (the
+// server's answer may name upstream users or hosts); the log has the
+// reason. A *wire.Error made for the client (AfterConnect's) stays.
+func loginError(err error) error {
+	var we *wire.Error
+	if !errors.As(err, &we) {
+		msg := "pgtoken could not connect to the server"
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) {
+			msg = "pgtoken could not log in to the server"
+		}
+		we = &wire.Error{Severity: wire.SeverityError, Code: wire.CodeConnectionFailure,
+			Message: msg + " (the reason is in the pgtoken log)", Err: err}
+	}
+	// Wrapped, so that a client's login passes it on as it is rather than
+	// as a generic failure (session.loginConnectError; errShuttingDown does
+	// the same).
+	return fmt.Errorf("%w", we)
 }
 
 // Close closes idle conns and makes Acquire fail; conns in use are closed

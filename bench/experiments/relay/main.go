@@ -6,8 +6,10 @@
 // proxy: no protocol, no pooling, one server connection per client. See
 // "What a relay with no logic costs" in bench/README.md.
 //
-//	go run ./bench/experiments/relay -mode copy -listen 127.0.0.1:7001 -upstream 127.0.0.1:5432
-//	go run ./bench/experiments/relay -mode epoll -listen 127.0.0.1:7002 -upstream 127.0.0.1:5432
+// From bench/ (its own Go module):
+//
+//	go run ./experiments/relay -mode copy -listen 127.0.0.1:7001 -upstream 127.0.0.1:5432
+//	go run ./experiments/relay -mode epoll -listen 127.0.0.1:7002 -upstream 127.0.0.1:5432
 //
 // copy: two goroutines per client, io.Copy each way; they wait in Go's
 // netpoller, as pgtoken's goroutines do.
