@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-	"go.uber.org/zap"
 
 	"github.com/pgtoken/pgtoken/wire"
 )
@@ -73,8 +72,6 @@ type Conn struct {
 	lastUsed atomic.Int64
 
 	closeOnce sync.Once
-	done      chan struct{}
-	log       *zap.Logger
 }
 
 // Attach hands the conn's incoming messages to h.
@@ -136,7 +133,6 @@ func (c *Conn) Cancel(ctx context.Context) error {
 
 // readLoop runs for the conn's life.
 func (c *Conn) readLoop() {
-	defer close(c.done)
 	var err error
 	for {
 		var typ byte
@@ -179,18 +175,24 @@ func (c *Conn) idleMessage(typ byte) error {
 	case 'N', 'S', 'A':
 		return c.R.Skip()
 	case 'E':
-		body, err := c.R.Body()
-		if err != nil {
-			return err
-		}
-		var e pgproto3.ErrorResponse
-		if err := e.Decode(body); err != nil {
-			return fmt.Errorf("server sent a malformed error while idle: %w", err)
-		}
-		return fmt.Errorf("server closed an idle connection: %s (SQLSTATE %s)", e.Message, e.Code)
+		return c.readError("while idle")
 	default:
 		return fmt.Errorf("server sent %q while idle", typ)
 	}
+}
+
+// readError consumes the ErrorResponse whose header was just read and
+// returns it as an error saying when it came.
+func (c *Conn) readError(when string) error {
+	body, err := c.R.Body()
+	if err != nil {
+		return err
+	}
+	var e pgproto3.ErrorResponse
+	if err := e.Decode(body); err != nil {
+		return fmt.Errorf("server sent a malformed error %s: %w", when, err)
+	}
+	return fmt.Errorf("server sent an error %s: %s (SQLSTATE %s)", when, e.Message, e.Code)
 }
 
 // ErrConnLost is wrapped by errors about a server connection that broke.
