@@ -67,8 +67,10 @@ type Conn struct {
 
 	handler atomic.Pointer[handlerBox]
 	dead    atomic.Bool
-	born    time.Time
-	// lastUsed is when the conn last went back to the pool (unix nanos).
+	born    time.Time // when it logged in, by the pool's clock
+	// lastUsed is when the conn last went back to the pool, or was put
+	// there by a background login (unix nanos, by the pool's clock; 0 for
+	// a conn that never was).
 	lastUsed atomic.Int64
 
 	closeOnce sync.Once
