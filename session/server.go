@@ -57,6 +57,16 @@ type Config struct {
 	Databases   map[string]Database
 	PoolSize    int
 	WaitTimeout time.Duration
+	// PoolLifecycle is every pool's minimum and reserve, server lifetime,
+	// idle timeout and liveness check (SetPoolLifecycle changes it).
+	PoolLifecycle pool.Lifecycle
+	// ClientIdleTimeout closes a client idle outside a transaction longer
+	// than this; QueryTimeout cancels a query running longer than this (0:
+	// off, as PgBouncer's client_idle_timeout and query_timeout). A reload
+	// changes them (SetClientTimeouts); sessions read them with
+	// Server.ClientTimeouts.
+	ClientIdleTimeout time.Duration
+	QueryTimeout      time.Duration
 
 	TLS                 *tls.Config // client-side TLS; nil answers SSLRequest with 'N'
 	RequireTLSForRemote bool        // refuse the token in clear text from non-loopback clients
@@ -115,6 +125,7 @@ type Server struct {
 	verifier atomic.Pointer[verifierBox]
 	admins   atomic.Pointer[map[string]bool]
 	peers    atomic.Pointer[map[int]string]
+	timeouts atomic.Pointer[ClientTimeouts]
 
 	poolsMu   sync.Mutex
 	pools     map[string]*pool.Pool
@@ -222,6 +233,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s.SetVerifier(cfg.Verifier)
 	s.SetAdminRoles(cfg.AdminRoles)
 	s.SetPeers(cfg.Peers)
+	s.SetClientTimeouts(ClientTimeouts{Idle: cfg.ClientIdleTimeout, Query: cfg.QueryTimeout})
 	var seed [4]byte
 	_, _ = rand.Read(seed[:])
 	s.nextID.Store(binary.BigEndian.Uint32(seed[:]))
@@ -491,6 +503,7 @@ func (s *Server) poolFor(db string) (*pool.Pool, error) {
 		PgConfig:       pgcfg,
 		Size:           size,
 		WaitTimeout:    s.cfg.WaitTimeout,
+		Lifecycle:      s.cfg.PoolLifecycle,
 		ConnectTimeout: s.cfg.ConnectTimeout,
 		StatementCache: s.cfg.StatementCache,
 		Logger:         s.log,

@@ -25,6 +25,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/config"
 	"github.com/pgtoken/pgtoken/internal/metrics"
 	"github.com/pgtoken/pgtoken/session"
+	"github.com/pgtoken/pgtoken/session/pool"
 	"github.com/pgtoken/pgtoken/session/sqlscan"
 )
 
@@ -154,6 +155,9 @@ func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Opt
 		ConnectTimeout:         cfg.Pool.ConnectTimeout.D(),
 		IdleTransactionTimeout: cfg.Pool.IdleTransactionTimeout.D(),
 		StatementCache:         cfg.Pool.StatementCache,
+		PoolLifecycle:          poolLifecycle(cfg.Pool),
+		ClientIdleTimeout:      cfg.Pool.ClientIdleTimeout.D(),
+		QueryTimeout:           cfg.Pool.QueryTimeout.D(),
 		TLS:                    tlsCfg,
 		RequireTLSForRemote:    cfg.TLS.RequireForRemote,
 		Verifier:               v,
@@ -261,8 +265,9 @@ func (a *App) MetricsAddr() string {
 func (a *App) ShutdownTimeout() time.Duration { return a.cfg.Load().ShutdownTimeout.D() }
 
 // Reload applies next: token verification (keys re-read, JWKS URLs,
-// allowed roles and the rest of jwt), admin roles, peers, pool sizes, the
-// TLS certificate and the log level, without dropping a connection. Other
+// allowed roles and the rest of jwt), admin roles, peers, pool sizes and
+// lifecycle, client timeouts, the TLS certificate and the log level,
+// without dropping a connection. Other
 // changed settings are logged as needing a restart. An invalid next, or one
 // whose keys or certificate cannot be loaded, is refused and logged; the
 // configuration in use stays.
@@ -316,6 +321,8 @@ func (a *App) Reload(next config.Config) error {
 		sizes[name] = d.PoolSize
 	}
 	a.Server.Resize(eff.Pool.Size, sizes)
+	a.Server.SetPoolLifecycle(poolLifecycle(eff.Pool))
+	a.Server.SetClientTimeouts(clientTimeouts(eff.Pool))
 	if a.opts.Level != nil {
 		a.opts.Level.SetLevel(lvl)
 	}
@@ -325,6 +332,23 @@ func (a *App) Reload(next config.Config) error {
 	}
 	a.Log.Info("configuration reloaded", zap.Strings("changed", applied), zap.Int("keys", v.KeyCount()))
 	return nil
+}
+
+// poolLifecycle is the pools' lifecycle as configured.
+func poolLifecycle(c config.Pool) pool.Lifecycle {
+	return pool.Lifecycle{
+		MinSize:        c.MinSize,
+		ReserveSize:    c.ReserveSize,
+		ReserveTimeout: c.ReserveTimeout.D(),
+		ServerLifetime: c.ServerLifetime.D(),
+		IdleTimeout:    c.ServerIdleTimeout.D(),
+		CheckDelay:     c.ServerCheckDelay.D(),
+	}
+}
+
+// clientTimeouts are the client timeouts as configured.
+func clientTimeouts(c config.Pool) session.ClientTimeouts {
+	return session.ClientTimeouts{Idle: c.ClientIdleTimeout.D(), Query: c.QueryTimeout.D()}
 }
 
 // ReloadFromSource reads the configuration again (Options.Load) and

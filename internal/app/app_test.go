@@ -962,3 +962,38 @@ func randomWord() string {
 	_, _ = rand.Read(b[:])
 	return fmt.Sprintf("%x", b)
 }
+
+func TestReloadAppliesPoolLifecycleAndClientTimeouts(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	cfg := pgtest.Config(pg, db)
+	cfg.Pool.Size = 4
+	a, err := app.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeApp(t, a)
+	total := func() int {
+		for _, p := range a.Server.Stats().Pools {
+			if p.Database == db && p.Connecting == 0 {
+				return p.Total
+			}
+		}
+		return -1
+	}
+	c := connect(t, a, db, pgtest.UserToken(t, "a"))
+	exec(t, c, "select 1")
+	waitFor(t, "one server connection", func() bool { return total() == 1 })
+
+	next := cfg
+	next.Pool.MinSize = 3
+	next.Pool.QueryTimeout = config.Duration(time.Minute)
+	next.Pool.ClientIdleTimeout = config.Duration(time.Hour)
+	if err := a.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "pool.min_size connections after the reload", func() bool { return total() == 3 })
+	if got := a.Server.ClientTimeouts(); got.Query != time.Minute || got.Idle != time.Hour {
+		t.Fatalf("client timeouts after the reload: %+v", got)
+	}
+	exec(t, c, "select 1")
+}

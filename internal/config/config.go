@@ -54,6 +54,16 @@ type Pool struct {
 	ConnectTimeout         Duration `yaml:"connect_timeout" doc:"how long one login to the server may take"`
 	IdleTransactionTimeout Duration `yaml:"idle_transaction_timeout" doc:"a client idle inside a transaction longer than this is disconnected; 0 disables"`
 	StatementCache         int      `yaml:"statement_cache" doc:"prepared statements kept per server connection (least recently used are closed)"`
+	// The lifecycle of server connections, with PgBouncer's meaning of its
+	// settings of the same names (session/pool/lifecycle.go).
+	MinSize           int      `yaml:"min_size" doc:"server connections per database kept open, opened in the background from the database's first login on and after losses; capped at the pool size (PgBouncer's min_pool_size)" reload:"yes"`
+	ReserveSize       int      `yaml:"reserve_size" doc:"extra server connections per database, beyond its pool size, for clients that waited reserve_timeout; closed when they would go idle; 0 disables (reserve_pool_size)" reload:"yes"`
+	ReserveTimeout    Duration `yaml:"reserve_timeout" doc:"how long a client waits before a reserve connection may be opened for it; 0 disables the reserve (reserve_pool_timeout)" reload:"yes"`
+	ServerLifetime    Duration `yaml:"server_lifetime" doc:"a server connection connected longer than this is closed when it goes back to the pool, never while in use (e.g. to move to a new primary after a failover); 0 uses each connection once (server_lifetime)" reload:"yes"`
+	ServerIdleTimeout Duration `yaml:"server_idle_timeout" doc:"a server connection idle in the pool longer than this is closed, down to min_size; 0 disables (server_idle_timeout)" reload:"yes"`
+	ServerCheckDelay  Duration `yaml:"server_check_delay" doc:"a server connection idle longer than this is checked with an empty query before a client gets it, and replaced if it does not answer within connect_timeout; 0 checks every time (server_check_delay)" reload:"yes"`
+	ClientIdleTimeout Duration `yaml:"client_idle_timeout" doc:"a client connection idle (outside a transaction) longer than this is closed; 0 disables (client_idle_timeout)" reload:"yes"`
+	QueryTimeout      Duration `yaml:"query_timeout" doc:"a query running longer than this is cancelled; set it a little above the server's statement_timeout, for network problems only; 0 disables (query_timeout)" reload:"yes"`
 }
 
 // Database maps one client database name to an upstream.
@@ -128,6 +138,11 @@ func Default() Config {
 			WaitTimeout:    Duration(30 * time.Second),
 			ConnectTimeout: Duration(10 * time.Second),
 			StatementCache: 256,
+			// PgBouncer's defaults.
+			ReserveTimeout:    Duration(5 * time.Second),
+			ServerLifetime:    Duration(time.Hour),
+			ServerIdleTimeout: Duration(10 * time.Minute),
+			ServerCheckDelay:  Duration(30 * time.Second),
 		},
 		JWT: JWT{
 			Leeway:     Duration(30 * time.Second),
@@ -316,8 +331,25 @@ func (c *Config) Validate() error {
 	if c.Pool.StatementCache < 1 {
 		bad("pool.statement_cache", "must be at least 1, got %d", c.Pool.StatementCache)
 	}
-	if c.Pool.WaitTimeout < 0 {
-		bad("pool.wait_timeout", "must not be negative")
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"pool.min_size", c.Pool.MinSize}, {"pool.reserve_size", c.Pool.ReserveSize}} {
+		if n.v < 0 {
+			bad(n.key, "must not be negative, got %d", n.v)
+		}
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{
+		{"pool.wait_timeout", c.Pool.WaitTimeout}, {"pool.reserve_timeout", c.Pool.ReserveTimeout}, {"pool.server_lifetime", c.Pool.ServerLifetime},
+		{"pool.server_idle_timeout", c.Pool.ServerIdleTimeout}, {"pool.server_check_delay", c.Pool.ServerCheckDelay},
+		{"pool.client_idle_timeout", c.Pool.ClientIdleTimeout}, {"pool.query_timeout", c.Pool.QueryTimeout},
+	} {
+		if d.v < 0 {
+			bad(d.key, "must not be negative")
+		}
 	}
 	if c.ShutdownTimeout < 0 {
 		bad("shutdown_timeout", "must not be negative")

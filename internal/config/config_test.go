@@ -271,3 +271,45 @@ func TestReloadSplitsWhatAppliesFromWhatNeedsARestart(t *testing.T) {
 		t.Error("upstream and pool.mode need a restart")
 	}
 }
+
+func TestPoolLifecycleKeys(t *testing.T) {
+	d := Default().Pool
+	// PgBouncer's defaults.
+	if d.MinSize != 0 || d.ReserveSize != 0 || d.ReserveTimeout.D() != 5*time.Second ||
+		d.ServerLifetime.D() != time.Hour || d.ServerIdleTimeout.D() != 10*time.Minute ||
+		d.ServerCheckDelay.D() != 30*time.Second || d.ClientIdleTimeout != 0 || d.QueryTimeout != 0 {
+		t.Fatalf("defaults: %+v", d)
+	}
+	cfg, err := Load(write(t, minimal+`
+pool: {min_size: 2, reserve_size: 3, reserve_timeout: 1s, server_lifetime: 0s, server_idle_timeout: 0s,
+       server_check_delay: 0s, client_idle_timeout: 1h, query_timeout: 5m}
+`), []string{"PGTOKEN_POOL_MIN_SIZE=4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Pool
+	if p.MinSize != 4 || p.ReserveSize != 3 || p.ReserveTimeout.D() != time.Second || p.ServerLifetime != 0 ||
+		p.ServerIdleTimeout != 0 || p.ServerCheckDelay != 0 || p.ClientIdleTimeout.D() != time.Hour || p.QueryTimeout.D() != 5*time.Minute {
+		t.Fatalf("loaded: %+v", p)
+	}
+	for _, key := range []string{"min_size: -1", "reserve_size: -1", "reserve_timeout: -1s", "server_lifetime: -1s",
+		"server_idle_timeout: -1s", "server_check_delay: -1s", "client_idle_timeout: -1s", "query_timeout: -1s", "wait_timeout: -1s"} {
+		cfg, err := Load(write(t, minimal+"pool: {"+key+"}\n"), nil)
+		if err == nil {
+			err = cfg.Validate()
+		}
+		name, _, _ := strings.Cut(key, ":")
+		if err == nil || !strings.Contains(err.Error(), "pool."+name+": must not be negative") {
+			t.Errorf("%s: %v", key, err)
+		}
+	}
+	for _, key := range []string{"min_size", "reserve_size", "reserve_timeout", "server_lifetime", "server_idle_timeout",
+		"server_check_delay", "client_idle_timeout", "query_timeout"} {
+		if !Reloadable("pool." + key) {
+			t.Errorf("pool.%s is reloadable in PgBouncer, and should be here", key)
+		}
+	}
+}

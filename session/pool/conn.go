@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-	"go.uber.org/zap"
 
 	"github.com/pgtoken/pgtoken/wire"
 )
@@ -87,13 +86,13 @@ type Conn struct {
 	// server sent right after its last answer would reach the next
 	// client).
 	busy atomic.Bool
-	born time.Time
-	// lastUsed is when the conn last went back to the pool (unix nanos).
+	born time.Time // when it logged in, by the pool's clock
+	// lastUsed is when the conn last went back to the pool, or was put
+	// there by a background login (unix nanos, by the pool's clock; 0 for
+	// a conn that never was).
 	lastUsed atomic.Int64
 
 	closeOnce sync.Once
-	done      chan struct{}
-	log       *zap.Logger
 }
 
 // OwnerUnknown is Conn.Owner for a conn whose state nobody knows.
@@ -162,7 +161,6 @@ func (c *Conn) Cancel(ctx context.Context) error {
 
 // readLoop runs for the conn's life.
 func (c *Conn) readLoop() {
-	defer close(c.done)
 	var err error
 	for {
 		var typ byte
@@ -210,18 +208,24 @@ func (c *Conn) idleMessage(typ byte) error {
 	case 'N', 'S', 'A':
 		return c.R.Skip()
 	case 'E':
-		body, err := c.R.Body()
-		if err != nil {
-			return err
-		}
-		var e pgproto3.ErrorResponse
-		if err := e.Decode(body); err != nil {
-			return fmt.Errorf("server sent a malformed error while idle: %w", err)
-		}
-		return fmt.Errorf("server closed an idle connection: %s (SQLSTATE %s)", e.Message, e.Code)
+		return c.readError("while idle")
 	default:
 		return fmt.Errorf("server sent %q while idle", typ)
 	}
+}
+
+// readError consumes the ErrorResponse whose header was just read and
+// returns it as an error saying when it came.
+func (c *Conn) readError(when string) error {
+	body, err := c.R.Body()
+	if err != nil {
+		return err
+	}
+	var e pgproto3.ErrorResponse
+	if err := e.Decode(body); err != nil {
+		return fmt.Errorf("server sent a malformed error %s: %w", when, err)
+	}
+	return fmt.Errorf("server sent an error %s: %s (SQLSTATE %s)", when, e.Message, e.Code)
 }
 
 // ErrConnLost is wrapped by errors about a server connection that broke.

@@ -8,6 +8,18 @@
 // to the first waiter. The size can change at run time (Resize): a smaller
 // pool closes idle conns beyond it and retires busy ones as they come back.
 // Pause stops handing out conns until Resume.
+//
+// The lifecycle (lifecycle.go) follows PgBouncer: a janitor goroutine keeps
+// MinSize conns open and closes idle ones past their lifetime or idle
+// timeout; a conn past its lifetime is closed when it comes back; clients
+// that waited ReserveTimeout may get ReserveSize extra conns; a conn idle
+// longer than CheckDelay is checked before it is handed out (check.go).
+//
+// Threading rule: the mutex is never held across network I/O (a login, a
+// write, a wait for an answer) nor while closing a socket, and nothing that
+// holds it waits for anything else. A conn's reader goroutine calls into the
+// pool (gone, and Release from a session's handler) holding at most the
+// session's own mutex, never waiting on the network while it does.
 package pool
 
 import (
@@ -34,8 +46,11 @@ type Config struct {
 	// and all); the pool never changes it.
 	PgConfig    *pgconn.Config
 	Size        int           // maximum server connections
-	WaitTimeout time.Duration // how long Acquire waits for a free conn
-	// ConnectTimeout bounds one login to the server.
+	WaitTimeout time.Duration // how long Acquire waits for a free conn (0: no limit)
+	// Lifecycle: minimum and reserve, lifetime, idle timeout, liveness
+	// check (lifecycle.go).
+	Lifecycle Lifecycle
+	// ConnectTimeout bounds one login to the server, and a liveness check.
 	ConnectTimeout time.Duration
 	// ReadBuffer and WriteBuffer size each conn's buffers; MaxMessage is
 	// the largest server message buffered whole (larger ones stream).
@@ -46,11 +61,11 @@ type Config struct {
 	// AfterConnect, when set, runs on every new server connection once it
 	// is logged in, before pgtoken takes it over; an error fails the login
 	// (and should be a *wire.Error).
-	AfterConnect func(ctx context.Context, pc *pgconn.PgConn) error
 	// OnWait, when set, hears every wait that Stats.WaitTime sums, as it
 	// ends (zero when an idle conn was at hand), so that metrics and the
 	// admin console count the same waits. It must not block.
-	OnWait func(time.Duration)
+	OnWait       func(time.Duration)
+	AfterConnect func(ctx context.Context, pc *pgconn.PgConn) error
 }
 
 // Default buffer sizes.
@@ -71,6 +86,7 @@ type Pool struct {
 	cfg   Config
 	pgcfg *pgconn.Config
 	log   *zap.Logger
+	now   func() time.Time // the clock of lifetimes and idle times
 
 	// mu guards what follows; it is never held across network I/O.
 	mu         sync.Mutex
@@ -83,12 +99,11 @@ type Pool struct {
 	conns      map[*Conn]struct{} // live conns not retired
 	paused     bool
 	isClosed   bool
+	life       Lifecycle
+	fillAfter  time.Time // no background login before this (after a failure)
 
-	paramsMu sync.RWMutex
-	params   map[string]string // ParameterStatus values of the latest login
-
-	// Counters for SHOW STATS and metrics.
-	xacts, xactNanos, queries, waitNanos atomic.Int64
+	// checkDelay is life.CheckDelay, read without mu on every Acquire.
+	checkDelay atomic.Int64
 
 	// Failed logins of new conns are logged at most once per
 	// loginFailureLogInterval; unlogged counts those left out since.
@@ -96,16 +111,29 @@ type Pool struct {
 	unlogged atomic.Int64
 	failing  atomic.Bool // the last login failed (and was counted)
 
+	paramsMu sync.RWMutex
+	params   map[string]string // ParameterStatus values of the latest login
+
+	// Counters for SHOW STATS and metrics.
+	xacts, xactNanos, queries, waitNanos atomic.Int64
+
 	closed chan struct{}
 	once   sync.Once
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // reader goroutines, the janitor, background logins
+	kicks  chan struct{}  // wakes the janitor
+	// ctx ends at Close: it bounds background logins.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // waiter is a client waiting in Acquire. ch receives a conn, or nil when a
-// slot was reserved for the waiter to log in a new conn itself.
+// slot was reserved for the waiter to log in a new conn itself. reserve is
+// set (under mu) once it has waited ReserveTimeout: it may then have a
+// conn beyond the size.
 type waiter struct {
-	ch    chan *Conn
-	since time.Time
+	ch      chan *Conn
+	since   time.Time
+	reserve bool
 }
 
 // poolState is the pool's bookkeeping on each conn: inUse and retired are
@@ -116,8 +144,15 @@ type poolState struct {
 	since   int64 // when it was handed out (unix nanoseconds)
 }
 
-// New prepares a pool; it connects lazily.
+// New prepares a pool. It logs in lazily, but for MinSize conns opened in
+// the background; Close ends its janitor.
 func New(cfg Config) (*Pool, error) {
+	return newPool(cfg, time.Now, janitorEvery)
+}
+
+// newPool is New with a clock for lifetimes and idle times, and the
+// janitor's interval.
+func newPool(cfg Config, now func() time.Time, every time.Duration) (*Pool, error) {
 	if cfg.PgConfig == nil {
 		return nil, errors.New("pool needs an upstream configuration")
 	}
@@ -141,15 +176,26 @@ func New(cfg Config) (*Pool, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Pool{
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pool{
 		cfg:     cfg,
 		pgcfg:   pgcfg,
 		log:     log.With(zap.String("database", cfg.Name)),
+		now:     now,
 		size:    cfg.Size,
+		life:    cfg.Lifecycle,
 		conns:   map[*Conn]struct{}{},
 		closed:  make(chan struct{}),
+		kicks:   make(chan struct{}, 1),
+		ctx:     ctx,
+		cancel:  cancel,
 		failLog: rate.NewLimiter(rate.Every(loginFailureLogInterval), 1),
-	}, nil
+	}
+	p.checkDelay.Store(int64(cfg.Lifecycle.CheckDelay))
+	p.wg.Add(1)
+	go p.janitor(every)
+	p.kick() // open MinSize conns now
+	return p, nil
 }
 
 // loginFailureLogInterval is how often at most a pool logs that new server
@@ -185,7 +231,7 @@ type Stats struct {
 	Transactions    int64
 	Queries         int64
 	TransactionTime time.Duration // summed over transactions
-	WaitTime        time.Duration // summed over Acquire calls (Config.OnWait hears each)
+	WaitTime        time.Duration // summed over Acquire calls
 }
 
 // Stats reports the pool's state and counters.
@@ -259,67 +305,127 @@ func (p *Pool) ServerParams() map[string]string {
 }
 
 // Acquire returns an idle conn, logging in a new one while fewer than Size
-// exist, or waits up to WaitTimeout (or ctx) for one to be released. The
-// wait (zero when an idle conn was at hand; a login of a new conn counts as
-// waiting) goes into Stats.WaitTime and to Config.OnWait.
+// exist, or waits up to WaitTimeout (or ctx) for one to be released.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	c, _, err := p.AcquireWait(ctx)
+	return c, err
+}
+
+// AcquireWait is Acquire that also tells how long the caller waited (zero
+// when an idle conn was at hand; a login of a new conn, or a liveness
+// check, counts as waiting). A conn that fails its liveness check is
+// closed and another taken, within the same WaitTimeout.
+func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
+	start := time.Now()
+	var deadline time.Time
+	if p.cfg.WaitTimeout > 0 {
+		deadline = start.Add(p.cfg.WaitTimeout)
+	}
+	waited := false
+	for {
+		c, w, err := p.take(ctx, deadline)
+		waited = waited || w
+		if err != nil {
+			return nil, p.noteWait(start), err
+		}
+		if p.stale(c) {
+			waited = true
+			if err := p.check(ctx, c); err != nil {
+				p.Discard(c)
+				if ce := p.log.Check(zap.DebugLevel, "server connection failed its liveness check; replacing it"); ce != nil {
+					ce.Write(zap.Uint32("pid", c.PID), zap.Error(err))
+				}
+				if ctx.Err() != nil {
+					return nil, p.noteWait(start), ctx.Err()
+				}
+				continue
+			}
+		}
+		c.since = time.Now().UnixNano()
+		if !waited {
+			p.waited(0)
+			return c, 0, nil
+		}
+		return c, p.noteWait(start), nil
+	}
+}
+
+// stale reports whether c has been idle at least CheckDelay since it was
+// last given back (a conn that never was, just logged in, is not).
+func (p *Pool) stale(c *Conn) bool {
+	lu := c.lastUsed.Load()
+	if lu == 0 {
+		return false
+	}
+	return p.now().Sub(time.Unix(0, lu)) >= time.Duration(p.checkDelay.Load())
+}
+
+// take returns a conn handed out to the caller: an idle one, a new login
+// while the pool is below its size, or one granted after waiting in line
+// until deadline (zero: no limit). waited is false only for an idle conn
+// taken at once.
+func (p *Pool) take(ctx context.Context, deadline time.Time) (c *Conn, waited bool, err error) {
 	p.mu.Lock()
 	if p.isClosed {
 		p.mu.Unlock()
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
 	if !p.paused && len(p.waiters) == 0 {
 		if c := p.popIdle(); c != nil {
 			p.handOut(c)
 			p.mu.Unlock()
-			c.since = time.Now().UnixNano()
-			p.waited(0)
-			return c, nil
+			return c, false, nil
 		}
 		if p.total < p.size {
 			p.total++
 			p.connecting++
 			p.mu.Unlock()
-			start := time.Now()
 			c, err := p.dial(ctx)
-			p.waited(time.Since(start))
-			return c, err
+			return c, true, err
 		}
 	}
 	w := &waiter{ch: make(chan *Conn, 1), since: time.Now()}
 	p.waiters = append(p.waiters, w)
 	size := p.size
+	var reserveC <-chan time.Time
+	if p.life.ReserveSize > 0 && p.life.ReserveTimeout > 0 {
+		t := time.NewTimer(p.life.ReserveTimeout)
+		defer t.Stop()
+		reserveC = t.C
+	}
 	p.mu.Unlock()
 
 	var timeout <-chan time.Time
-	if p.cfg.WaitTimeout > 0 {
-		t := time.NewTimer(p.cfg.WaitTimeout)
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
 		defer t.Stop()
 		timeout = t.C
 	}
-	var err error
-	select {
-	case c := <-w.ch:
-		if c == nil {
-			c, err = p.dial(ctx)
-			p.waited(time.Since(w.since))
-			return c, err
+	for err == nil {
+		select {
+		case c := <-w.ch:
+			if c == nil {
+				c, err = p.dial(ctx)
+			}
+			return c, true, err
+		case <-reserveC:
+			reserveC = nil
+			p.mu.Lock()
+			p.reserveFor(w)
+			p.grant()
+			p.mu.Unlock()
+		case <-timeout:
+			err = fmt.Errorf("%w after %s (pool size %d)", ErrWaitTimeout, p.cfg.WaitTimeout, size)
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-p.closed:
+			err = ErrClosed
 		}
-		c.since = time.Now().UnixNano()
-		p.waited(time.Since(w.since))
-		return c, nil
-	case <-timeout:
-		err = fmt.Errorf("%w after %s (pool size %d)", ErrWaitTimeout, p.cfg.WaitTimeout, size)
-	case <-ctx.Done():
-		err = ctx.Err()
-	case <-p.closed:
-		err = ErrClosed
 	}
 	p.mu.Lock()
 	if p.dropWaiter(w) {
 		p.mu.Unlock()
-		p.waited(time.Since(w.since))
-		return nil, err
+		return nil, true, err
 	}
 	p.mu.Unlock()
 	// Something was granted just as the wait ended: give it back.
@@ -332,8 +438,34 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		p.grant()
 		p.mu.Unlock()
 	}
-	p.waited(time.Since(w.since))
-	return nil, err
+	return nil, true, err
+}
+
+// reserveFor marks w, and every waiter ahead of it (they have waited
+// longer), as entitled to a reserve conn (under mu).
+func (p *Pool) reserveFor(w *waiter) {
+	for _, x := range p.waiters {
+		x.reserve = true
+		if x == w {
+			return
+		}
+	}
+}
+
+// limit is how many conns the pool may have while w is first in line
+// (under mu): the size, plus the reserve once w has waited long enough.
+func (p *Pool) limit(w *waiter) int {
+	if w.reserve {
+		return p.size + p.life.ReserveSize
+	}
+	return p.size
+}
+
+// noteWait adds the time since start to the wait total and returns it.
+func (p *Pool) noteWait(start time.Time) time.Duration {
+	d := time.Since(start)
+	p.waited(d)
+	return d
 }
 
 // waited counts one Acquire's wait: in the WaitTime total and to
@@ -383,23 +515,29 @@ func (p *Pool) retire(c *Conn) {
 }
 
 // grant serves waiters in order with idle conns, or with slots to log in
-// new conns while the pool is below its size (under mu).
+// new conns while the pool is below its limit (under mu).
 func (p *Pool) grant() {
 	for len(p.waiters) > 0 && !p.paused && !p.isClosed {
 		c := p.popIdle()
 		if c != nil {
 			p.handOut(c)
-		} else if p.total < p.size {
+		} else if p.total < p.limit(p.waiters[0]) {
 			p.total++
 			p.connecting++
 		} else {
 			return
 		}
-		w := p.waiters[0]
-		p.waiters[0] = nil
-		p.waiters = p.waiters[1:]
-		w.ch <- c // buffered: never blocks
+		p.serveFirst(c)
 	}
+}
+
+// serveFirst gives the first waiter c, or a slot to log in when c is nil
+// (under mu).
+func (p *Pool) serveFirst(c *Conn) {
+	w := p.waiters[0]
+	p.waiters[0] = nil
+	p.waiters = p.waiters[1:]
+	w.ch <- c // buffered: never blocks
 }
 
 // dropWaiter removes w from the queue; false means it was already served.
@@ -418,67 +556,97 @@ func (p *Pool) dropWaiter(w *waiter) bool {
 func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	c, err := p.connect(ctx)
 	p.mu.Lock()
-	p.connecting--
 	closed := p.isClosed
-	if err == nil && closed {
-		_ = c.nc.Close()
-		err = ErrClosed
-	}
-	if err != nil {
-		p.total--
-		p.grant()
+	if err = p.opened(c, err); err != nil {
 		p.mu.Unlock()
-		if closed || errors.Is(ctx.Err(), context.Canceled) {
+		if c != nil {
+			_ = c.nc.Close()
+		}
+		if closed || errors.Is(err, ErrClosed) || errors.Is(ctx.Err(), context.Canceled) {
 			return nil, err // pgtoken or the client gave up: nothing to report
 		}
 		p.loginFailed(err)
 		return nil, loginError(err)
 	}
+	p.handOut(c)
+	p.mu.Unlock()
 	if p.failing.Swap(false) {
 		p.log.Info("server connections open again", zap.String("server", p.server()))
 	}
+	if ce := p.log.Check(zap.DebugLevel, "server connection opened"); ce != nil {
+		ce.Write(zap.Uint32("pid", c.PID))
+	}
+	return c, nil
+}
+
+// opened settles the slot of a login that ended with c or err (under mu):
+// a failed login frees it for a waiter; a conn is counted and its reader
+// goroutine started, unless the pool closed meanwhile (ErrClosed: the
+// caller closes c once mu is released).
+func (p *Pool) opened(c *Conn, err error) error {
+	p.connecting--
+	if err == nil && p.isClosed {
+		err = ErrClosed
+	}
+	if err != nil {
+		p.total--
+		p.grant()
+		return err
+	}
 	p.conns[c] = struct{}{}
-	p.handOut(c)
 	p.wg.Add(1)
-	p.mu.Unlock()
 	go func() {
 		defer p.wg.Done()
 		c.readLoop()
 	}()
-	if ce := p.log.Check(zap.DebugLevel, "server connection opened"); ce != nil {
-		ce.Write(zap.Uint32("pid", c.PID))
-	}
-	c.since = time.Now().UnixNano()
-	return c, nil
+	return nil
 }
 
 // Release gives back a conn. Only a conn that is idle and clean may be
-// released; anything else must be Discarded.
+// released; anything else must be Discarded. A conn connected longer than
+// ServerLifetime is closed instead.
 func (p *Pool) Release(c *Conn) {
 	c.Detach()
-	c.lastUsed.Store(time.Now().UnixNano())
+	now := p.now()
+	c.lastUsed.Store(now.UnixNano())
 	p.mu.Lock()
 	p.giveBack(c)
-	closeIt := false
-	switch {
-	case c.retired || c.Dead():
-		// Its reader goroutine does the accounting.
-	case p.isClosed || p.total > p.size:
-		p.retire(c)
-		closeIt = true
-	case !p.paused && len(p.waiters) > 0:
-		p.handOut(c)
-		w := p.waiters[0]
-		p.waiters[0] = nil
-		p.waiters = p.waiters[1:]
-		w.ch <- c
-	default:
-		p.idle = append(p.idle, c)
-	}
+	expired := now.Sub(c.born) >= p.life.ServerLifetime
+	closeIt := p.put(c, expired)
 	p.mu.Unlock()
 	if closeIt {
 		c.Close()
+		if ce := p.log.Check(zap.DebugLevel, "closing server connection"); expired && ce != nil {
+			ce.Write(zap.Uint32("pid", c.PID), zap.String("reason", closeLifetime))
+		}
 	}
+}
+
+// put places a conn nobody holds (under mu): with the first waiter, in the
+// idle list, or out of the pool when the pool is closed or above its size,
+// or the conn expired (true: the caller closes it).
+func (p *Pool) put(c *Conn, expired bool) (closeIt bool) {
+	switch {
+	case c.retired || c.Dead():
+		// Its reader goroutine does the accounting.
+		return false
+	case p.isClosed:
+		p.retire(c)
+		return true
+	case expired:
+		p.retire(c)
+		p.grant() // a waiter may log in a new one
+		return true
+	case !p.paused && len(p.waiters) > 0 && p.total <= p.limit(p.waiters[0]):
+		p.handOut(c)
+		p.serveFirst(c)
+		return false
+	case p.total > p.size:
+		p.retire(c)
+		return true
+	}
+	p.idle = append(p.idle, c)
+	return false
 }
 
 // Discard closes a conn that may hold state no other client may see.
@@ -494,7 +662,8 @@ func (p *Pool) Discard(c *Conn) {
 
 // Resize changes the maximum of server connections. Growing lets waiting
 // clients log in new conns at once; shrinking closes idle conns beyond the
-// new size now and busy ones as they are released.
+// new size now (least recently used first) and busy ones as they are
+// released.
 func (p *Pool) Resize(n int) {
 	if n <= 0 {
 		return
@@ -502,11 +671,10 @@ func (p *Pool) Resize(n int) {
 	p.mu.Lock()
 	p.size = n
 	var surplus []*Conn
-	for p.total > p.size {
-		c := p.popIdle()
-		if c == nil {
-			break
-		}
+	for p.total > p.size && len(p.idle) > 0 {
+		c := p.idle[0]
+		p.idle[0] = nil
+		p.idle = p.idle[1:]
 		p.retire(c)
 		surplus = append(surplus, c)
 	}
@@ -515,6 +683,7 @@ func (p *Pool) Resize(n int) {
 	for _, c := range surplus {
 		c.Close()
 	}
+	p.kick() // MinSize is capped at the size
 }
 
 // Pause stops handing out conns (Acquire waits, up to WaitTimeout), waits
@@ -560,17 +729,20 @@ func (p *Pool) Hold() {
 	p.mu.Unlock()
 }
 
-// Resume ends a Pause: waiting clients are served.
+// Resume ends a Pause: waiting clients are served, and MinSize conns
+// opened again.
 func (p *Pool) Resume() {
 	p.mu.Lock()
 	p.paused = false
 	p.grant()
 	p.mu.Unlock()
+	p.kick()
 }
 
 // gone is called by a conn's reader goroutine when the conn ended.
 func (p *Pool) gone(c *Conn, err error) {
 	p.mu.Lock()
+	byUs := c.retired // the pool or a session closed it
 	p.giveBack(c)
 	p.retire(c)
 	for i, x := range p.idle {
@@ -580,18 +752,20 @@ func (p *Pool) gone(c *Conn, err error) {
 		}
 	}
 	p.grant()
+	refill := p.total < p.life.MinSize
 	p.mu.Unlock()
-	if err != nil && !errors.Is(err, errClosedByUs) {
+	if refill {
+		p.kick()
+	}
+	if err != nil && !byUs {
 		if ce := p.log.Check(zap.DebugLevel, "server connection ended"); ce != nil {
 			ce.Write(zap.Uint32("pid", c.PID), zap.Error(err))
 		}
 	}
 }
 
-var errClosedByUs = errors.New("closed by pgtoken")
-
 // connect logs in a new conn with pgconn (TLS, SCRAM, MD5 as the DSN says)
-// and takes over its socket; dial starts its reader goroutine.
+// and takes over its socket; opened starts its reader goroutine.
 func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	if p.cfg.ConnectTimeout > 0 {
 		var cancel context.CancelFunc
@@ -632,12 +806,35 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		Params:   map[string]string{},
 		Prepared: map[string]bool{},
 		Stmts:    NewStmtCache(p.cfg.StatementCache),
-		born:     time.Now(),
-		done:     make(chan struct{}),
-		log:      p.log,
+		born:     p.now(),
 	}
 	return c, nil
 }
+
+// Close closes idle conns, stops the janitor and background logins, and
+// makes Acquire fail; conns in use are closed as they are released. Wait
+// then waits for every goroutine of the pool to end.
+func (p *Pool) Close() {
+	p.once.Do(func() {
+		close(p.closed)
+		p.cancel()
+	})
+	p.mu.Lock()
+	p.isClosed = true
+	idle := p.idle
+	p.idle = nil
+	for _, c := range idle {
+		p.retire(c)
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
+	}
+}
+
+// Wait blocks until every goroutine of the pool has ended (after Close and
+// the release or discard of conns in use).
+func (p *Pool) Wait() { p.wg.Wait() }
 
 // loginFailed logs why a new server connection could not be made, at WARN
 // and at most once per loginFailureLogInterval (with the number of
@@ -685,25 +882,3 @@ func loginError(err error) error {
 	// the same).
 	return fmt.Errorf("%w", we)
 }
-
-// Close closes idle conns and makes Acquire fail; conns in use are closed
-// as they are released. It waits for every reader goroutine to end once
-// all conns are closed.
-func (p *Pool) Close() {
-	p.once.Do(func() { close(p.closed) })
-	p.mu.Lock()
-	p.isClosed = true
-	idle := p.idle
-	p.idle = nil
-	for _, c := range idle {
-		p.retire(c)
-	}
-	p.mu.Unlock()
-	for _, c := range idle {
-		c.Close()
-	}
-}
-
-// Wait blocks until every conn's goroutine has ended (after Close and the
-// release or discard of conns in use).
-func (p *Pool) Wait() { p.wg.Wait() }
