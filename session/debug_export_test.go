@@ -2,38 +2,21 @@ package session
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 )
 
-// DebugSessions describes every logged-in session's state, for tests that
-// need to say where a client is stuck.
-func DebugSessions(srv *Server) string {
-	srv.sessMu.RLock()
-	var sess []*Session
-	for _, c := range srv.clients {
-		if c.sess != nil {
-			sess = append(sess, c.sess)
-		}
-	}
-	srv.sessMu.RUnlock()
+// DescribeSessions describes every logged-in session's state (from
+// Server.DebugSessions), one line each, for tests that need to say where a
+// client is stuck.
+func DescribeSessions(srv *Server) string {
 	var lines []string
-	for _, s := range sess {
-		s.mu.Lock()
-		var pid uint32
-		dead := false
-		if s.conn != nil {
-			pid, dead = s.conn.PID, s.conn.Dead()
-		}
+	for _, d := range srv.DebugSessions() {
 		var units []string
-		for i := 0; i < s.q.len(); i++ {
-			u := s.q.at(i)
-			units = append(units, fmt.Sprintf("%d/%d", u.kind, u.own))
+		for _, u := range d.Units {
+			units = append(units, u.Kind+"/"+u.Own)
 		}
-		lines = append(lines, fmt.Sprintf("session %d sub=%q conn=%d dead=%v pending=%d midBatch=%v writing=%v maint=%v status=%c skipping=%v lostBatch=%v txLost=%v cancelling=%d hold=%v units=[%s] out=%d",
-			s.id, s.ident.Sub, pid, dead, s.pending, s.midBatch, s.writing, s.maint, s.status, s.skipping, s.lostBatch, s.txLost, s.cancelling, s.hold, strings.Join(units, " "), len(s.out)))
-		s.mu.Unlock()
+		lines = append(lines, fmt.Sprintf("session %d sub=%q conn=%d dead=%v pending=%d midBatch=%v writing=%v maint=%v status=%s skipping=%v lostBatch=%v txLost=%v cancelling=%d hold=%v units=[%s] out=%d flushing=%v",
+			d.ID, d.Sub, d.ServerPID, d.ServerDead, d.Pending, d.MidBatch, d.Writing, d.Maint, d.Status, d.Skipping, d.LostBatch, d.TxLost, d.Cancelling, d.Hold, strings.Join(units, " "), d.ClientOut, d.Flushing))
 	}
-	sort.Strings(lines)
 	return strings.Join(lines, "\n")
 }
