@@ -67,7 +67,7 @@ func (h *harness) stress(ctx context.Context) (err error) {
 	} else if err := os.MkdirAll(out, 0o755); err != nil {
 		return fmt.Errorf("stress output: %w", err)
 	}
-	rep := &stressReport{Command: h.o.command, Started: time.Now(), Version: gitVersion(ctx, h.root)}
+	rep := &stressReport{Command: h.o.command, Started: time.Now(), Version: binaryVersion(ctx, h.pgtoken)}
 	var cs []benchConfig
 	for _, m := range h.o.modes {
 		for _, c := range h.o.clients {
@@ -405,7 +405,7 @@ func stressRows(cs []benchConfig, runs []stressRun) []stressRow {
 // stressTable renders the summary as Markdown.
 func stressTable(rep *stressReport) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "make stress: %s (pgtoken %s), %s to %s\n\n", rep.Command, rep.Version,
+	fmt.Fprintf(&b, "make stress: %s (pgtoken version %s), %s to %s\n\n", rep.Command, rep.Version,
 		rep.Started.Format(time.DateTime), rep.Finished.Format(time.DateTime))
 	b.WriteString("| configuration | runs | runs with clients left waiting | waiting clients | other failures | pgtoken warnings or worse | transactions |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
@@ -428,11 +428,12 @@ func stressTable(rep *stressReport) string {
 	return b.String()
 }
 
-// gitVersion describes the working tree's commit ("dev" outside git).
-func gitVersion(ctx context.Context, root string) string {
-	out, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--tags", "--always", "--dirty").Output()
+// binaryVersion is what `pgtoken version` says of itself (the commit it
+// was built from, for a binary make built).
+func binaryVersion(ctx context.Context, bin string) string {
+	out, err := exec.CommandContext(ctx, bin, "version").Output()
 	if err != nil {
-		return "dev"
+		return "unknown"
 	}
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(strings.TrimPrefix(string(out), "pgtoken "))
 }

@@ -143,6 +143,15 @@ func buildPgtoken(ctx context.Context, root string) (string, error) {
 	return bin, nil
 }
 
+// gitVersion describes the working tree's commit ("dev" outside git).
+func gitVersion(ctx context.Context, root string) string {
+	out, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--tags", "--always", "--dirty").Output()
+	if err != nil {
+		return "dev"
+	}
+	return strings.TrimSpace(string(out))
+}
+
 // startPgtoken starts `pgtoken serve` in front of pg with a pool of
 // o.pool connections, writing a CPU profile to cpuprofile if set.
 func startPgtoken(bin, dir, name string, pg *testpg.Cluster, o options, s secrets, cpuprofile string) (*daemon, error) {
