@@ -6,7 +6,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 30s
 
-.PHONY: all build test test-short vet lint fuzz demo bench bench-quick bench-micro soak manyclients docs clean
+.PHONY: all build test test-short vet lint fuzz demo bench bench-quick bench-micro soak stress manyclients docs clean
 
 all: build
 
@@ -73,6 +73,20 @@ SOAK_FLAGS ?=
 soak: build
 	PGTOKEN_SOAK_STATEMENTS=$(SOAK_STATEMENTS) $(GO) test $(SOAK_FLAGS) -count=1 -timeout 0 -v -run '^TestIsolationUnderChaos$$' ./session/
 	$(MAKE) manyclients
+
+## stress: STRESS_RUNS short pgbench -S runs (-T 2, -j 2) through bin/pgtoken (pool 16, log_level warn),
+## a fresh pgtoken for each, in the modes simple, extended and prepared at 1, 32 and 256 clients,
+## taking turns, against a throwaway Postgres. A run still going STRESS_GRACE seconds after its -T
+## (and making no progress) left clients waiting: pgtoken's /debug/sessions, pg_stat_activity, the
+## sockets and pgtoken's goroutine dump are saved under STRESS_OUT (default: a new temporary
+## directory); fails if any. Not run by CI; see bench/README.md. STRESS_FLAGS passes more harness
+## flags (e.g. -modes simple -clients 32 -T 8, -restart 10, -pgtoken FILE for a -race build).
+STRESS_RUNS ?= 270
+STRESS_GRACE ?= 5
+STRESS_OUT ?=
+STRESS_FLAGS ?=
+stress: build
+	cd bench && $(GO) run . -stress -runs $(STRESS_RUNS) -grace $(STRESS_GRACE) -stress-out "$(STRESS_OUT)" $(STRESS_FLAGS)
 
 ## manyclients: MANY_CLIENTS (10,000) client connections on a pool of 20, 1,000 active at once,
 ## against bin/pgtoken run as a process of its own; reports its resident memory.

@@ -50,6 +50,14 @@ type options struct {
 	profConnect bool   // profile -C (a new connection per transaction)
 	godebug     string // GODEBUG for pgtoken (e.g. gctrace=1)
 	pgtokenEnv  []string
+	metrics     bool // pgtoken serves metrics_listen (daemon.metricsPort)
+
+	// make stress (stress.go)
+	stress    bool
+	runs      int    // pgbench runs in all, the configurations taking turns
+	grace     int    // seconds a run may overrun its -T before it counts as hung
+	restart   int    // a fresh pgtoken every this many runs
+	stressOut string // evidence and summary directory
 }
 
 func parseOptions(args []string) (options, error) {
@@ -93,6 +101,11 @@ repository root.
 	fs.StringVar(&o.godebug, "pgtoken-godebug", "", "GODEBUG for pgtoken, e.g. gctrace=1 (its gc lines are counted in the profile phase)")
 	var pgtokenEnv string
 	fs.StringVar(&pgtokenEnv, "pgtoken-env", "", "extra environment for pgtoken, comma-separated KEY=VALUE (e.g. GOMAXPROCS=1)")
+	fs.BoolVar(&o.stress, "stress", false, "make stress: many short -S runs through pgtoken alone (-modes, -clients, -T), each watched for clients still waiting after it should have ended")
+	fs.IntVar(&o.runs, "runs", 270, "-stress: pgbench runs in all, the configurations taking turns")
+	fs.IntVar(&o.grace, "grace", 5, "-stress: seconds a run may overrun -T before its clients count as waiting")
+	fs.IntVar(&o.restart, "restart", 1, "-stress: a fresh pgtoken every this many runs (its pool fills while the run's clients start)")
+	fs.StringVar(&o.stressOut, "stress-out", "", "-stress: directory for the summary and the evidence of each hang (default: a new temporary directory, kept)")
 	fs.StringVar(&o.rerender, "rerender", "", "print the table and rewrite NAME.png and the README from this results JSON, without running anything")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -102,13 +115,13 @@ repository root.
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if o.quick {
-		// Each default the quick preset changes, unless given explicitly.
-		def := func(name string, apply func()) {
-			if !set[name] {
-				apply()
-			}
+	// def applies a preset's default unless the flag was given explicitly.
+	def := func(name string, apply func()) {
+		if !set[name] {
+			apply()
 		}
+	}
+	if o.quick {
 		def("T", func() { o.duration = 3 })
 		def("reps", func() { o.reps = 1 })
 		def("clients", func() { clients = "1,16,32" })
@@ -120,6 +133,22 @@ repository root.
 		def("warmup", func() { o.warmup = 1 })
 		def("name", func() { o.name = "latest-quick" })
 		def("readme", func() { o.readme = "" })
+	}
+	if o.stress {
+		def("T", func() { o.duration = 2 })
+		def("clients", func() { clients = "1,32,256" })
+		def("scripts", func() { scripts = "select" })
+		def("targets", func() { targets = targetPgtoken })
+		def("scale", func() { o.scale = 1 })
+		def("pgtoken-log-level", func() { o.logLevel = "warn" })
+		o.metrics = true
+		o.pgtokenEnv = append(o.pgtokenEnv, "GOTRACEBACK=all") // SIGQUIT dumps every goroutine
+		if scripts != "select" || targets != targetPgtoken {
+			return o, errors.New("-stress runs the select script (-S) against pgtoken only")
+		}
+		if o.runs < 1 || o.grace < 1 || o.restart < 1 {
+			return o, errors.New("-runs, -grace and -restart must be positive")
+		}
 	}
 	var err error
 	if o.clients, err = intList(clients); err != nil {

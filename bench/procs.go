@@ -28,8 +28,10 @@ type daemon struct {
 	cmd     *exec.Cmd
 	logPath string
 	port    int
-	done    chan struct{}
-	waitErr error // how the process ended; set before done closes
+	// metricsPort serves pgtoken's /metrics and /debug/sessions (0: none).
+	metricsPort int
+	done        chan struct{}
+	waitErr     error // how the process ended; set before done closes
 }
 
 // startDaemon starts cmd in its own process group (so a Ctrl-C at the

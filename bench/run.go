@@ -103,6 +103,9 @@ func run(ctx context.Context, o options) (err error) {
 	if err := setupDatabase(ctx, h.pg, o, h.sec); err != nil {
 		return err
 	}
+	if o.stress {
+		return h.stress(ctx)
+	}
 	if h.rep.Machine, err = machineInfo(ctx, h.pg, h.bouncer, h.pgtoken); err != nil {
 		return err
 	}

@@ -134,17 +134,22 @@ func mintToken(secret string, now time.Time) (string, error) {
 // buildPgtoken builds bin/pgtoken from the working tree.
 func buildPgtoken(ctx context.Context, root string) (string, error) {
 	bin := filepath.Join(root, "bin", "pgtoken")
-	version := "dev"
-	if out, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--tags", "--always", "--dirty").Output(); err == nil {
-		version = strings.TrimSpace(string(out))
-	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-ldflags", "-X main.version="+version, "-o", bin, "./cmd/pgtoken")
+	cmd := exec.CommandContext(ctx, "go", "build", "-ldflags", "-X main.version="+gitVersion(ctx, root), "-o", bin, "./cmd/pgtoken")
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build ./cmd/pgtoken: %w\n%s", err, out)
 	}
 	return bin, nil
+}
+
+// gitVersion describes the working tree's commit ("dev" outside git).
+func gitVersion(ctx context.Context, root string) string {
+	out, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--tags", "--always", "--dirty").Output()
+	if err != nil {
+		return "dev"
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // startPgtoken starts `pgtoken serve` in front of pg with a pool of
@@ -167,6 +172,13 @@ jwt:
   secret: %q
   allowed_roles: [%s]
 `, port, upstream, o.logLevel, o.pool, s.jwt, tokenRole)
+	metricsPort := 0
+	if o.metrics {
+		if metricsPort, err = freePort(); err != nil {
+			return nil, err
+		}
+		cfg += fmt.Sprintf("metrics_listen: 127.0.0.1:%d\n", metricsPort)
+	}
 	cfgPath := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, fmt.Errorf("pgtoken config: %w", err)
@@ -181,7 +193,11 @@ jwt:
 		cmd.Env = append(cmd.Env, "GODEBUG="+o.godebug)
 	}
 	cmd.Env = append(cmd.Env, o.pgtokenEnv...)
-	return startDaemon(name, cmd, filepath.Join(dir, name+".log"), port, nil)
+	d, err := startDaemon(name, cmd, filepath.Join(dir, name+".log"), port, nil)
+	if d != nil {
+		d.metricsPort = metricsPort
+	}
+	return d, err
 }
 
 // ensurePgbouncer installs Debian's pgbouncer package when the binary is

@@ -220,7 +220,7 @@ func TestIsolationUnderChaos(t *testing.T) {
 				before := counts.total()
 				stepCtx, stepCancel := context.WithTimeout(ctx, 60*time.Second)
 				watch := time.AfterFunc(20*time.Second, func() {
-					dumpOnce(t, fmt.Sprintf("client %d stuck in flow %d\n%s", i, ic.flow, session.DebugSessions(env.App.Server)))
+					dumpOnce(t, fmt.Sprintf("client %d stuck in flow %d\n%s", i, ic.flow, session.DescribeSessions(env.App.Server)))
 				})
 				ic.step(stepCtx)
 				watch.Stop()

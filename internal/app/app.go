@@ -203,7 +203,7 @@ func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Opt
 		}
 		a.httpLn = ml
 		a.httpSrv = &http.Server{
-			Handler:           a.Metrics.Handler(a.ready),
+			Handler:           a.Metrics.Handler(a.ready, srv.DebugSessions),
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          zap.NewStdLog(log),
 		}

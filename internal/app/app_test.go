@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -216,6 +217,78 @@ func TestMetricsMoveAsClientsRunQueries(t *testing.T) {
 	if after[`pgtoken_auth_failures_total{reason="bad_signature"}`] != 0 {
 		t.Errorf("unrelated reason moved")
 	}
+}
+
+// TestDebugSessionsShowsEachSession reads /debug/sessions while one client
+// sits inside a transaction, one waits for a slow query and one is idle:
+// each shows its server connection, its unit queue and its transaction
+// status, and the view names no token subject.
+func TestDebugSessionsShowsEachSession(t *testing.T) {
+	env := pgtest.Start(t, func(c *config.Config) { c.MetricsListen = "127.0.0.1:0" })
+	url := "http://" + env.App.MetricsAddr() + "/debug/sessions"
+	inTx := env.Connect(pgtest.UserToken(t, "debug-subject-in-tx"))
+	exec(t, inTx, "begin")
+	pid := exec(t, inTx, "select pg_backend_pid()")[0][0]
+	slow := env.Connect(pgtest.UserToken(t, "debug-subject-slow"))
+	idle := env.Connect(pgtest.UserToken(t, "debug-subject-idle"))
+	exec(t, idle, "select 1")
+	done := make(chan error, 1)
+	go func() { _, err := slow.Exec(context.Background(), "select pg_sleep(1)").ReadAll(); done <- err }()
+
+	type view struct {
+		Sessions []struct {
+			ID        uint32 `json:"id"`
+			ServerPID uint32 `json:"server_pid"`
+			Tracker   struct {
+				Status  string `json:"status"`
+				Pending int    `json:"pending"`
+				Units   []struct{ Kind, Own string }
+			} `json:"tracker"`
+		}
+	}
+	var v view
+	var body string
+	waitFor(t, "the slow query in the unit queue", func() bool {
+		var code int
+		code, body = get(t, url)
+		if code != 200 {
+			t.Fatalf("/debug/sessions: %d %s", code, body)
+		}
+		v = view{}
+		if err := json.Unmarshal([]byte(body), &v); err != nil {
+			t.Fatalf("/debug/sessions: %v\n%s", err, body)
+		}
+		for _, s := range v.Sessions {
+			if s.Tracker.Pending == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	if len(v.Sessions) != 3 {
+		t.Fatalf("%d sessions, want 3:\n%s", len(v.Sessions), body)
+	}
+	var sawTx, sawSlow, sawIdle bool
+	for _, s := range v.Sessions {
+		switch {
+		case strconv.Itoa(int(s.ServerPID)) == pid:
+			sawTx = s.Tracker.Status == "T" && s.Tracker.Pending == 0 && len(s.Tracker.Units) == 0
+		case s.Tracker.Pending == 1:
+			sawSlow = s.ServerPID != 0 && len(s.Tracker.Units) == 1 && s.Tracker.Units[0].Kind == "Query" && s.Tracker.Units[0].Own == "client"
+		default:
+			sawIdle = s.ServerPID == 0 && s.Tracker.Status == "I" && len(s.Tracker.Units) == 0
+		}
+	}
+	if !sawTx || !sawSlow || !sawIdle {
+		t.Errorf("in a transaction on pid %s: %v, waiting for its query: %v, idle: %v\n%s", pid, sawTx, sawSlow, sawIdle, body)
+	}
+	if strings.Contains(body, "debug-subject") {
+		t.Errorf("/debug/sessions names a token subject:\n%s", body)
+	}
+	if err := recv(t, done, "the slow query"); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, inTx, "commit")
 }
 
 // closeApp closes a, and dumps every goroutine if that takes a minute.

@@ -32,7 +32,7 @@ type Config struct {
 	Upstream        string              `yaml:"upstream" doc:"server connection string (any DSN pgconn accepts); the client's database name replaces its database" secret:"password"`
 	LogLevel        string              `yaml:"log_level" doc:"debug, info, warn or error" reload:"yes"`
 	LogFormat       string              `yaml:"log_format" doc:"console or json"`
-	MetricsListen   string              `yaml:"metrics_listen" doc:"host:port for /metrics, /healthz and /readyz; empty disables"`
+	MetricsListen   string              `yaml:"metrics_listen" doc:"host:port for /metrics, /healthz, /readyz and /debug/sessions; empty disables"`
 	ShutdownTimeout Duration            `yaml:"shutdown_timeout" doc:"on SIGTERM, how long transactions in flight may take before their clients are closed" reload:"yes"`
 	AdminRoles      StringList          `yaml:"admin_roles" doc:"token roles that may use the admin console (database pgtoken); each must be in jwt.allowed_roles; empty disables the console" reload:"yes"`
 	Pool            Pool                `yaml:"pool"`

@@ -5,6 +5,8 @@
 //	/healthz  200 while the process runs
 //	/readyz   200 when pgtoken can serve: keys loaded, an upstream answers,
 //	          not shutting down; 503 with the reason otherwise
+//	/debug/sessions  JSON: every session's state (session.SessionDebug), to
+//	          tell where a client waiting for an answer is stuck
 //
 // Event counters and histograms are fed by the session package through
 // session.Observer (a few atomic adds, no allocation); gauges and
@@ -13,6 +15,7 @@ package metrics
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"sync"
 	"time"
@@ -206,10 +209,10 @@ func boolValue(b bool) float64 {
 	return 0
 }
 
-// Handler serves /metrics, /healthz and /readyz. ready reports why
-// pgtoken cannot serve, or nil; its answer is kept for a second so that
-// probes in a burst cost one check.
-func (m *Metrics) Handler(ready func(context.Context) error) http.Handler {
+// Handler serves /metrics, /healthz, /readyz and, when sessions is not
+// nil, /debug/sessions. ready reports why pgtoken cannot serve, or nil; its
+// answer is kept for a second so that probes in a burst cost one check.
+func (m *Metrics) Handler(ready func(context.Context) error, sessions func() []session.SessionDebug) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -226,6 +229,16 @@ func (m *Metrics) Handler(ready func(context.Context) error) http.Handler {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
+	if sessions != nil {
+		mux.HandleFunc("GET /debug/sessions", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(struct {
+				Sessions []session.SessionDebug `json:"sessions"`
+			}{sessions()})
+		})
+	}
 	return mux
 }
 

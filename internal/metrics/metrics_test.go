@@ -43,7 +43,7 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 	m.JWKSRefreshed("https://idp", errors.New("down"))
 
 	var readyErr error
-	h := m.Handler(func(context.Context) error { return readyErr })
+	h := m.Handler(func(context.Context) error { return readyErr }, nil)
 	code, text := body(t, h, "/metrics")
 	if code != 200 {
 		t.Fatalf("/metrics: %d", code)
@@ -85,12 +85,22 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 	}
 	// A failing check answers 503 with the reason (after the cached second).
 	readyErr = errors.New("upstream down")
-	h = m.Handler(func(context.Context) error { return readyErr })
+	h = m.Handler(func(context.Context) error { return readyErr }, nil)
 	if code, text := body(t, h, "/readyz"); code != 503 || !strings.Contains(text, "upstream down") {
 		t.Fatalf("/readyz failing: %d %q", code, text)
 	}
 	if code, _ := body(t, h, "/nope"); code != 404 {
 		t.Fatalf("unknown path: %d", code)
+	}
+	if code, _ := body(t, h, "/debug/sessions"); code != 404 {
+		t.Fatalf("/debug/sessions without a source: %d", code)
+	}
+	h = m.Handler(nil, func() []session.SessionDebug {
+		return []session.SessionDebug{{ID: 7, Database: "app", Sub: "someone", Pending: 1, Units: []session.UnitDebug{{Kind: "query", Own: "client"}}}}
+	})
+	code, text = body(t, h, "/debug/sessions")
+	if code != 200 || !strings.Contains(text, `"id": 7`) || !strings.Contains(text, `"kind": "query"`) || strings.Contains(text, "someone") {
+		t.Fatalf("/debug/sessions: %d %s", code, text)
 	}
 }
 

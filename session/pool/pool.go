@@ -776,17 +776,21 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := pc.SyncConn(ctx); err != nil {
-		_ = pc.Close(ctx)
-		// The server may end a connection as soon as it is made (killed,
-		// shutting down): a connection failure, not an internal error.
-		return nil, fmt.Errorf("sync new server connection: %w", err)
-	}
 	if p.cfg.AfterConnect != nil {
 		if err := p.cfg.AfterConnect(ctx, pc); err != nil {
 			_ = pc.Close(ctx)
 			return nil, err
 		}
+	}
+	// SyncConn goes last, right before Hijack: any pgconn operation (the
+	// login, AfterConnect's query) may leave pgconn's background reader in
+	// a read on the socket, which would then take the first answer meant
+	// for the conn's own reader.
+	if err := pc.SyncConn(ctx); err != nil {
+		_ = pc.Close(ctx)
+		// The server may end a connection as soon as it is made (killed,
+		// shutting down): a connection failure, not an internal error.
+		return nil, fmt.Errorf("sync new server connection: %w", err)
 	}
 	hc, err := pc.Hijack()
 	if err != nil {

@@ -273,3 +273,42 @@ func (t *Tracker) finish(u *Unit, err *wire.Error, status byte) {
 	t.done = append(t.done, Done{Purpose: u.Purpose, Ref: u.Ref, Err: err, Rows: u.rows, Status: status})
 	u.Purpose = 0
 }
+
+// State is a snapshot of the tracker for diagnostics.
+type State struct {
+	Units       []UnitState `json:"units"`       // expected answers, head first
+	Status      string      `json:"status"`      // the server's last reported transaction status
+	Pending     int         `json:"pending"`     // ReadyForQuery answers outstanding
+	Completions int         `json:"completions"` // statement completions seen in the head Query unit
+	InBatch     bool        `json:"in_batch"`    // extended messages sent since the last sync point
+	Skipping    bool        `json:"skipping"`    // the server skips everything until Sync
+	SyncOwed    bool        `json:"sync_owed"`   // pgtoken owes the server a Sync
+	Dropping    bool        `json:"dropping"`    // the client's batch failed locally
+	Reset       bool        `json:"reset"`       // the hand-over reset is still due or unconfirmed
+	Attached    bool        `json:"attached"`    // a server connection is followed
+}
+
+// UnitState is one queued unit, for diagnostics.
+type UnitState struct {
+	Kind string `json:"kind"`
+	Own  string `json:"own"`
+}
+
+// State returns a snapshot for diagnostics.
+func (t *Tracker) State() State {
+	st := State{Status: string(rune(t.status)), Pending: t.syncs, Completions: t.cmpl, InBatch: t.inBatch,
+		Skipping: t.skipping, SyncOwed: t.syncOwed, Dropping: t.drop, Reset: t.reset || t.sticky, Attached: t.attached}
+	st.Units = make([]UnitState, 0, t.q.len())
+	for i := 0; i < t.q.len(); i++ {
+		u := t.q.at(i)
+		own := "client"
+		switch u.Own {
+		case OwnPrelude:
+			own = "prelude"
+		case OwnMaint:
+			own = "maint"
+		}
+		st.Units = append(st.Units, UnitState{Kind: u.Kind.String(), Own: own})
+	}
+	return st
+}
