@@ -61,9 +61,14 @@ func (s *Server) DebugSessions() []SessionDebug {
 
 // debug reads the session's shared state.
 func (s *Session) debug() SessionDebug {
-	d := SessionDebug{ID: s.id, Database: s.db, Started: s.start, Sub: s.ident.Sub}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.debugLocked()
+}
+
+// debugLocked is debug under mu.
+func (s *Session) debugLocked() SessionDebug {
+	d := SessionDebug{ID: s.id, Database: s.db, Started: s.start, Sub: s.ident.Sub}
 	if s.conn != nil {
 		d.ServerPID, d.ServerDead = s.conn.PID, s.conn.Dead()
 	}

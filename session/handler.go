@@ -126,6 +126,7 @@ func (s *Session) ServerGone(c *pool.Conn, err error) {
 		s.mu.Unlock()
 		return
 	}
+	s.reportDesync(err)
 	s.log.Info("server connection lost", zap.Uint32("server_pid", c.PID), zap.Error(err))
 	lost := wire.Errorf(wire.CodeConnectionFailure, "pgtoken: the server connection was lost; the transaction did not complete")
 	lost.Hint = "Retry the transaction; pgtoken opens a new server connection for it."

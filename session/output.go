@@ -14,7 +14,8 @@ type output struct {
 	buf      []byte
 	spare    []byte
 	flushing bool
-	err      error // the first write error; the client is gone
+	err      error  // the first write error; the client is gone
+	flushes  uint64 // completed flushes, for the stall watch (watch.go)
 }
 
 // maxOutput is how much output may wait for a flusher that is blocked on a
@@ -64,6 +65,7 @@ func (s *Session) flushLocked(wait bool) error {
 		}
 	}
 	s.out.flushing = false
+	s.out.flushes++
 	s.cond.Broadcast()
 	return s.out.err
 }

@@ -230,6 +230,8 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s.preludeStmts = ownStmts{prefix: "pgtoken_prelude_", local: true}
 	s.sessionStmts = ownStmts{prefix: "pgtoken_session_", local: false}
+	s.wg.Add(1)
+	go s.watch()
 	s.SetVerifier(cfg.Verifier)
 	s.SetAdminRoles(cfg.AdminRoles)
 	s.SetPeers(cfg.Peers)
@@ -836,7 +838,22 @@ type Observer interface {
 	// TransactionDone: a transaction held its server connection for d
 	// (transaction mode).
 	TransactionDone(d time.Duration)
+	// InternalError: something that must never happen did (a bug); kind
+	// is one of InternalErrorKinds. It is logged at ERROR too.
+	InternalError(kind string)
 }
+
+// Kinds of internal errors, as reported to Observer.InternalError.
+const (
+	// BugStalledAnswer: the server's answers waited in the client's output
+	// longer than stallBound with nobody writing them.
+	BugStalledAnswer = "stalled_answer"
+	// BugDesync: the server sent a message no pending request expects.
+	BugDesync = "desync"
+)
+
+// InternalErrorKinds lists every kind InternalError may be given.
+var InternalErrorKinds = []string{BugStalledAnswer, BugDesync}
 
 // NopObserver ignores every event.
 type NopObserver struct{}
@@ -846,6 +863,7 @@ func (NopObserver) AuthFailed(string)             {}
 func (NopObserver) GuardRejected()                {}
 func (NopObserver) PoolWait(time.Duration)        {}
 func (NopObserver) TransactionDone(time.Duration) {}
+func (NopObserver) InternalError(string)          {}
 
 // Reasons a login is refused, as reported to Observer.AuthFailed.
 const (

@@ -89,7 +89,8 @@ type Session struct {
 	capture bool
 	custom  map[string]bool
 
-	out output // client output (output.go)
+	out   output     // client output (output.go)
+	stall stallWatch // the watch's memory (watch.go)
 
 	// The client's prepared statements and portals (stmts.go). Touched by
 	// the client goroutine, and by completions under mu.

@@ -38,6 +38,7 @@ type Metrics struct {
 	txDuration   prometheus.Histogram
 	jwksOK       prometheus.Counter
 	jwksErr      prometheus.Counter
+	bugs         map[string]prometheus.Counter // by kind, made up front
 }
 
 var _ session.Observer = (*Metrics)(nil)
@@ -65,6 +66,14 @@ func New(version string) *Metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
 		authFailures: map[string]prometheus.Counter{},
+		bugs:         map[string]prometheus.Counter{},
+	}
+	bugs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgtoken_internal_errors_total",
+		Help: "Things that must never happen, each also logged at ERROR with the session's state: answers the server gave that waited for the client beyond a bound (stalled_answer), server messages no pending request expected (desync).",
+	}, []string{"kind"})
+	for _, k := range session.InternalErrorKinds {
+		m.bugs[k] = bugs.WithLabelValues(k)
 	}
 	af := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgtoken_auth_failures_total", Help: "Logins refused, by reason.",
@@ -80,13 +89,20 @@ func New(version string) *Metrics {
 		Name: "pgtoken_build_info", Help: "Always 1; the version is a label.",
 	}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
-	reg.MustRegister(m.logins, m.guard, m.poolWait, m.txDuration, af, jwks, build,
+	reg.MustRegister(m.logins, m.guard, m.poolWait, m.txDuration, af, jwks, build, bugs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // Registry is the registry /metrics serves.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// InternalError implements session.Observer.
+func (m *Metrics) InternalError(kind string) {
+	if c := m.bugs[kind]; c != nil {
+		c.Inc()
+	}
+}
 
 // LoginSucceeded implements session.Observer.
 func (m *Metrics) LoginSucceeded() { m.logins.Inc() }

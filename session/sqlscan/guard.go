@@ -44,6 +44,8 @@ const (
 	reasonUnterminated   = "unterminated quoted string, quoted identifier, dollar quote or comment"
 	reasonNUL            = "a query must not contain a NUL byte"
 	reasonUnreadableBody = "a function body pgtoken cannot decode is not allowed"
+	reasonReserved       = "names beginning with pgtoken_ are reserved for pgtoken's own statements and portals"
+	reasonPrepared       = "pg_prepared_statements is not available through pgtoken: it would list the statements of other clients sharing the server connection"
 )
 
 // maxBodyDepth bounds how deeply string literals inside function bodies are
@@ -249,6 +251,15 @@ func (p *Policy) walk(s string, pos int, isDo bool) string {
 			}
 		}
 		segStart = false
+		if t.isName() {
+			// Rule: no name in any spelling may reach pgtoken's own
+			// prepared statements and portals (EXECUTE, EXPLAIN EXECUTE,
+			// CREATE TABLE AS EXECUTE, FETCH, CLOSE, DEALLOCATE ...), nor
+			// the view that lists every statement on the connection.
+			if r := reservedName(l, t); r != "" {
+				return r
+			}
+		}
 		if fn, ok := callee(s, prev, prev2, prev3); ok && isSelf(s, t, '(') {
 			if r := p.checkCall(l, fn); r != "" {
 				return r
@@ -676,4 +687,30 @@ func matchRelation(s string, r []token) bool {
 		i++
 	}
 	return i == len(r)
+}
+
+// reservedName returns why name token t must be refused, or "". Plain
+// identifiers are checked without decoding (the common case costs a length
+// check); quoted and U& ones are decoded first.
+func reservedName(l lexer, t token) string {
+	s := l.s
+	v, fold := s[t.start:t.end], true // an unquoted name is folded to lower case
+	if t.kind != tIdent {
+		d, ok := identValue(&l, t)
+		if !ok {
+			return ""
+		}
+		v, fold = d, false
+	}
+	if len(v) < len("pgtoken_") {
+		return ""
+	}
+	same := func(a, b string) bool { return a == b || fold && equalFold(a, b) }
+	switch {
+	case equalFold(v[:8], "pgtoken_"):
+		return reasonReserved
+	case same(v, "pg_prepared_statements"), same(v, "pg_prepared_statement"):
+		return reasonPrepared
+	}
+	return ""
 }

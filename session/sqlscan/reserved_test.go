@@ -1,0 +1,36 @@
+package sqlscan
+
+import "testing"
+
+// No spelling of a name reaches pgtoken's own statements and portals, or
+// the view listing every statement on the connection; names that merely
+// contain the word pass.
+func TestReservedNames(t *testing.T) {
+	p := &Policy{ClaimsPrefix: "jwt.claims"}
+	for _, tc := range []struct {
+		sql  string
+		deny bool
+	}{
+		{"execute pgtoken_prelude_5('role','admin')", true},
+		{"EXPLAIN ANALYZE EXECUTE PGTOKEN_PRELUDE_5('role', 'admin')", true},
+		{`explain execute "pgtoken_prelude_5"('role','admin')`, true},
+		{`explain execute U&"pgtoken\005fprelude_5"('role','admin')`, true},
+		{`explain execute U&"pgtoken!005fprelude_5" UESCAPE '!' ('role','admin')`, true},
+		{"create temp table x on commit drop as execute pgtoken_session_5('role','admin')", true},
+		{"deallocate pgtoken_s_0123", true},
+		{"fetch all from pgtoken_p", true},
+		{"close pgtoken_p", true},
+		{"select * from pg_prepared_statements", true},
+		{"select * from pg_catalog.pg_prepared_statement()", true},
+		{`select * from "PG_PREPARED_STATEMENTS"`, false}, // another relation: names in quotes keep their case
+		{`select * from pg_catalog."pg_prepared_statements"`, true},
+		{"select 'execute pgtoken_prelude_5' as text", false},
+		{"select mypgtoken_value, pgtoken from t", false},
+		{"select 1 -- pgtoken_prelude_5", false},
+	} {
+		v := p.Check(tc.sql, nil)
+		if (v != nil) != tc.deny {
+			t.Errorf("%s: violation %v, want deny %v", tc.sql, v, tc.deny)
+		}
+	}
+}
