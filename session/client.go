@@ -19,6 +19,7 @@ import (
 
 // run is the client goroutine: it reads the client until it leaves.
 func (s *Session) run() error {
+	s.lastActive = time.Now()
 	for {
 		if s.cr.Buffered() == 0 {
 			if err := s.endBatch(); err != nil {
@@ -27,16 +28,17 @@ func (s *Session) run() error {
 			if err := s.checkTokenLifetime(); err != nil {
 				return err
 			}
-			s.setIdleDeadline()
+			_ = s.nc.SetReadDeadline(s.idleDeadline(time.Now()))
 		}
 		typ, n, err := s.cr.Next()
 		if err != nil {
-			if s.idleWakeup(err) {
-				continue
+			if goOn, err := s.idleTimeout(err); !goOn {
+				return err
 			}
-			return s.readError(err)
+			continue
 		}
 		_ = s.nc.SetReadDeadline(time.Time{})
+		s.lastActive = time.Now()
 		if err := s.dispatch(typ, n); err != nil {
 			return err
 		}
@@ -88,42 +90,78 @@ func (s *Session) tooLarge(typ byte, n int) error {
 
 // readError turns a failed client read into the session's end.
 func (s *Session) readError(err error) error {
-	var ne interface{ Timeout() bool }
-	if errors.As(err, &ne) && ne.Timeout() {
-		return wire.Fatalf(wire.CodeIdleInTransactionTimeout,
-			"terminating connection due to idle-in-transaction timeout (pgtoken idle_transaction_timeout %s)", s.srv.cfg.IdleTransactionTimeout)
-	}
 	if errors.Is(err, wire.ErrBadLength) {
 		return wire.Fatalf(wire.CodeProtocolViolation, "invalid message length")
 	}
 	return err
 }
 
-// setIdleDeadline arms the idle-in-transaction timeout while the client
-// holds a server connection. A transaction's answers are usually still in
-// flight when the client goroutine goes back to reading, so the deadline
-// is armed then too (a timeout from now) and checked when it passes
-// (idleWakeup): only a client that has sat idle inside a transaction for
-// the whole timeout is cut off.
-func (s *Session) setIdleDeadline() {
-	t := s.srv.cfg.IdleTransactionTimeout
-	if t <= 0 || s.srv.cfg.Mode == ModeSession {
-		return
-	}
-	now := time.Now()
-	s.lastActive = now
+// idleDeadline is when the client's read must wake up to check its idle
+// timeouts, or zero for none: pool.idle_transaction_timeout while it holds
+// a server connection (inside a transaction from its last message or the
+// last answer on, whichever came later; otherwise a timeout from now, to
+// look again), and pool.client_idle_timeout from its last message.
+func (s *Session) idleDeadline(now time.Time) time.Time {
 	var at time.Time
+	earliest := func(t time.Time) {
+		if at.IsZero() || t.Before(at) {
+			at = t
+		}
+	}
 	s.mu.Lock()
-	switch {
-	case s.conn == nil:
-	case s.idleInTransaction():
-		at = s.idleFrom().Add(t)
-	default:
-		at = now.Add(t)
+	if t := s.srv.cfg.IdleTransactionTimeout; t > 0 && s.srv.cfg.Mode != ModeSession {
+		switch {
+		case s.conn == nil:
+		case s.idleInTransaction():
+			earliest(s.idleFrom().Add(t))
+		default:
+			earliest(now.Add(t))
+		}
+	}
+	if t := s.srv.ClientTimeouts().Idle; t > 0 {
+		d := s.lastActive.Add(t)
+		if !d.After(now) {
+			d = now.Add(t) // not idle between transactions yet: look again later
+		}
+		earliest(d)
 	}
 	s.mu.Unlock()
-	_ = s.nc.SetReadDeadline(at) // zero: none
+	return at
 }
+
+// idleTimeout decides about a failed client read: the session ends (with
+// the error to send) unless it was a deadline passing before any idle
+// timeout is really due, when reading goes on.
+func (s *Session) idleTimeout(err error) (goOn bool, _ error) {
+	var ne interface{ Timeout() bool }
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		return false, s.readError(err)
+	}
+	now := time.Now()
+	s.mu.Lock()
+	inTx := s.idleInTransaction()
+	between := s.between()
+	idleFrom := s.idleFrom()
+	s.mu.Unlock()
+	if t := s.srv.cfg.IdleTransactionTimeout; t > 0 && s.srv.cfg.Mode != ModeSession && inTx && now.Sub(idleFrom) >= t {
+		return false, wire.Fatalf(wire.CodeIdleInTransactionTimeout,
+			"terminating connection due to idle-in-transaction timeout (pgtoken idle_transaction_timeout %s)", t)
+	}
+	if t := s.srv.ClientTimeouts().Idle; t > 0 && between && now.Sub(s.lastActive) >= t {
+		return false, wire.Fatalf(codeIdleSessionTimeout,
+			"terminating connection due to idle-session timeout (pgtoken client_idle_timeout %s)", t)
+	}
+	return true, nil
+}
+
+// between reports whether the client is between transactions with
+// nothing in flight (under mu).
+func (s *Session) between() bool {
+	return s.conn == nil && !s.t.Dropping() || !s.t.InTransaction() && s.t.Quiet()
+}
+
+// codeIdleSessionTimeout is SQLSTATE 57P05.
+const codeIdleSessionTimeout = "57P05"
 
 // idleInTransaction reports whether the session holds a server connection
 // inside a transaction (or a batch) with nothing in flight (under mu).
@@ -138,21 +176,6 @@ func (s *Session) idleFrom() time.Time {
 		return s.idleSince
 	}
 	return s.lastActive
-}
-
-// idleWakeup reports whether a failed client read was the idle deadline
-// passing while the client is not (or not yet for the whole timeout) idle
-// in a transaction: reading then goes on.
-func (s *Session) idleWakeup(err error) bool {
-	t := s.srv.cfg.IdleTransactionTimeout
-	var ne interface{ Timeout() bool }
-	if t <= 0 || !errors.As(err, &ne) || !ne.Timeout() {
-		return false
-	}
-	s.mu.Lock()
-	expired := s.idleInTransaction() && time.Since(s.idleFrom()) >= t
-	s.mu.Unlock()
-	return !expired
 }
 
 // checkTokenLifetime ends a session whose token has expired once it is

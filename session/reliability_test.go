@@ -865,3 +865,55 @@ func TestJWKSEndpointDown(t *testing.T) {
 	}
 	_ = env.App.Close() // before the deferred server close
 }
+
+// pool.client_idle_timeout closes a client idle outside a transaction
+// (FATAL 57P05, as Postgres's idle_session_timeout), but not one inside a
+// transaction, nor one that keeps talking; a reload changes it.
+func TestClientIdleTimeout(t *testing.T) {
+	checkLeaks(t)
+	env := pgtest.Start(t, func(c *config.Config) {
+		c.Pool.ClientIdleTimeout = config.Duration(400 * time.Millisecond)
+	})
+	idle := env.Connect(pgtest.UserToken(t, "alice"))
+	inTx := env.Connect(pgtest.UserToken(t, "bob"))
+	busy := env.Connect(pgtest.UserToken(t, "carol"))
+	rows(t, idle, "select 1")
+	rows(t, inTx, "begin")
+	for range 6 {
+		time.Sleep(150 * time.Millisecond)
+		rows(t, busy, "select 1")
+	}
+	if _, err := idle.Exec(ctx(t), whoami).ReadAll(); pgErr(err) == nil || pgErr(err).Code != "57P05" || pgErr(err).Severity != "FATAL" {
+		t.Fatalf("idle client after the timeout: %v", err)
+	}
+	if got := rows(t, inTx, "select current_user::text"); got[0][0] != "web_user" {
+		t.Fatalf("client inside a transaction: %q", got)
+	}
+	rows(t, inTx, "commit")
+}
+
+// pool.query_timeout cancels a query that runs longer (57014); the
+// session and its server connection go on.
+func TestQueryTimeout(t *testing.T) {
+	checkLeaks(t)
+	env := pgtest.Start(t, func(c *config.Config) {
+		c.Pool.QueryTimeout = config.Duration(time.Second)
+		c.Pool.Size = 1
+	})
+	a := env.Connect(pgtest.UserToken(t, "alice"))
+	start := time.Now()
+	_, err := a.Exec(ctx(t), "select pg_sleep(30)").ReadAll()
+	if pgErr(err) == nil || pgErr(err).Code != "57014" {
+		t.Fatalf("a query past pool.query_timeout: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("cancelled after %s", d)
+	}
+	if got := rows(t, a, "select current_user::text"); got[0][0] != "web_user" {
+		t.Fatalf("after the cancel: %q", got)
+	}
+	// A query within the limit, and a transaction of short queries, run.
+	rows(t, a, "select pg_sleep(0.3)")
+	b := env.Connect(pgtest.UserToken(t, "bob"))
+	rows(t, b, "select 1")
+}

@@ -104,7 +104,7 @@ type Session struct {
 
 	// Client goroutine only.
 	wconn      *pool.Conn // conn the client goroutine wrote to since it last flushed
-	lastActive time.Time  // when the client's last batch was read (idle_transaction_timeout)
+	lastActive time.Time  // when the client's last message was read (idle timeouts)
 	scan       []sqlscan.Statement
 	cuts       []int
 	acquiring  context.CancelFunc // cancels a wait for a server connection (a CancelRequest); under mu

@@ -17,6 +17,11 @@ const stallBound = 5 * time.Second
 type stallWatch struct {
 	flushes uint64    // out.flushes when output was first seen waiting
 	since   time.Time // zero: no output waiting at the last look
+
+	// The query timeout: answered is the tracker's count of answers when
+	// a query was first seen running, at busy.
+	answered uint64
+	busy     time.Time
 }
 
 // watch looks at every session once a second for answers that reached
@@ -33,8 +38,12 @@ func (s *Server) watch() {
 		case <-s.ctx.Done():
 			return
 		case now := <-tick.C:
+			limit := s.ClientTimeouts().Query
 			for _, sess := range s.sessions() {
 				sess.checkStall(now)
+				if limit > 0 {
+					sess.checkQueryTimeout(now, limit)
+				}
 			}
 		}
 	}
@@ -85,4 +94,27 @@ func (s *Session) reportDesync(err error) {
 	s.log.Error("pgtoken lost track of its server connection (a pgtoken bug); dropping it",
 		zap.Error(err), zap.Any("state", s.debugLocked()))
 	s.srv.obs.InternalError(BugDesync)
+}
+
+// checkQueryTimeout cancels what the session's server connection has been
+// running for longer than limit without answering anything
+// (pool.query_timeout, PgBouncer's), and again after each further limit.
+func (s *Session) checkQueryTimeout(now time.Time, limit time.Duration) {
+	s.mu.Lock()
+	w := &s.stall
+	running := s.conn != nil && !s.t.Settled()
+	n := s.t.Answered()
+	switch {
+	case !running:
+		w.busy = time.Time{}
+	case w.busy.IsZero() || w.answered != n:
+		w.busy, w.answered = now, n
+	case now.Sub(w.busy) >= limit:
+		w.busy = now
+		s.mu.Unlock()
+		s.log.Info("cancelling a query that ran longer than pool.query_timeout", zap.Duration("query_timeout", limit))
+		go s.cancel()
+		return
+	}
+	s.mu.Unlock()
 }

@@ -323,6 +323,7 @@ func (t *Tracker) readyForQuery(out []byte, u *Unit, body []byte) ([]byte, error
 	}
 	t.status = st
 	t.syncs--
+	t.answered++
 	if t.sticky && u.seq >= t.stickySeq {
 		switch {
 		case st == 'I' && !t.doubt:

@@ -118,13 +118,14 @@ type Tracker struct {
 	q        queue
 	seq      uint64
 	attached bool
-	status   byte // the last ReadyForQuery's transaction status
-	syncs    int  // queued units that end with ReadyForQuery
-	cmpl     int  // statement completions seen in the head Query unit
-	errored  bool // the head unit failed
-	skipping bool // the server skips everything until a Sync that is not queued yet
-	syncOwed bool // pgtoken's own message failed before a client's Query or FunctionCall: send a Sync
-	barriers int  // queued Barrier units
+	status   byte   // the last ReadyForQuery's transaction status
+	syncs    int    // queued units that end with ReadyForQuery
+	answered uint64 // ReadyForQuery answers received
+	cmpl     int    // statement completions seen in the head Query unit
+	errored  bool   // the head unit failed
+	skipping bool   // the server skips everything until a Sync that is not queued yet
+	syncOwed bool   // pgtoken's own message failed before a client's Query or FunctionCall: send a Sync
+	barriers int    // queued Barrier units
 
 	// The hand-over reset (and settings replay) sent and not yet known
 	// to have committed.
@@ -181,6 +182,10 @@ func (t *Tracker) Status() byte { return t.status }
 // Quiet reports whether nothing is outstanding: no answer expected and no
 // batch open.
 func (t *Tracker) Quiet() bool { return t.q.len() == 0 && !t.inBatch }
+
+// Answered counts the ReadyForQuery answers received: it moves whenever
+// the server finishes something.
+func (t *Tracker) Answered() uint64 { return t.answered }
 
 // Settled reports whether every sync point sent has been answered, so the
 // status is the server's own word.
