@@ -419,6 +419,17 @@ func (a *atk) nextClientClean(t *testing.T, role, sub, attackerPID string, secre
 	return same
 }
 
+// thenVictim lets the victim, alice, in after the attacker (in session
+// mode the attacker leaves first: the victim needs its server connection)
+// and checks that she finds nothing of the attacker's.
+func (a *atk) thenVictim(t *testing.T, leave func(), attackerPID string, secrets ...string) {
+	t.Helper()
+	if a.mode == "session" {
+		leave()
+	}
+	a.nextClientClean(t, "web_user", "alice", attackerPID, secrets...)
+}
+
 // --- a client that speaks the protocol message by message
 
 type rawClient struct {
@@ -428,6 +439,8 @@ type rawClient struct {
 	pid uint32
 	key []byte
 }
+
+func (r *rawClient) close() { _ = r.nc.Close() }
 
 // raw logs in with pgconn and takes the socket over.
 func (a *atk) raw(t *testing.T, tok string) *rawClient {
@@ -520,12 +533,107 @@ func (rp reply) codes() []string {
 	return out
 }
 
-// exchange sends messages and reads until every ReadyForQuery they earn
-// has come.
+// exchange sends messages and reads their answers, following Postgres's
+// rules: after an error in a Parse, Bind, Describe, Execute or Close, the
+// server discards every message up to Sync (simple Queries and
+// FunctionCalls included).
 func (r *rawClient) exchange(ms []pgproto3.FrontendMessage) reply {
 	r.t.Helper()
 	r.send(ms)
-	return r.read(readies(ms), 30*time.Second)
+	return r.expect(ms, 30*time.Second)
+}
+
+// expect reads the answers to messages already sent.
+func (r *rawClient) expect(ms []pgproto3.FrontendMessage, d time.Duration) reply {
+	r.t.Helper()
+	var rp reply
+	_ = r.nc.SetReadDeadline(time.Now().Add(d))
+	defer func() { _ = r.nc.SetReadDeadline(time.Time{}) }()
+	skip := false
+	// until reads up to a message that done accepts; false if the
+	// connection ended.
+	until := func(done func(pgproto3.BackendMessage) bool) bool {
+		for {
+			m, ok := r.receive(&rp, d)
+			if !ok {
+				return false
+			}
+			if _, isErr := m.(*pgproto3.ErrorResponse); isErr {
+				skip = true // (a Query's or FunctionCall's error is followed by its ReadyForQuery)
+			}
+			if done(m) {
+				return true
+			}
+		}
+	}
+	ready := func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.ReadyForQuery); return ok }
+	for _, m := range ms {
+		var ok bool
+		switch m.(type) {
+		case *pgproto3.Flush:
+			continue
+		case *pgproto3.Sync:
+			ok = until(ready)
+			skip = false
+		case *pgproto3.Query, *pgproto3.FunctionCall:
+			if skip {
+				continue
+			}
+			ok = until(ready)
+			skip = false
+		default:
+			if skip {
+				continue
+			}
+			ok = until(func(b pgproto3.BackendMessage) bool {
+				switch b.(type) {
+				case *pgproto3.ErrorResponse, *pgproto3.ParseComplete, *pgproto3.BindComplete, *pgproto3.CloseComplete,
+					*pgproto3.RowDescription, *pgproto3.NoData, *pgproto3.CommandComplete,
+					*pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
+					return true
+				}
+				return false
+			})
+		}
+		if !ok {
+			break
+		}
+	}
+	return rp
+}
+
+// receive reads one message, noting rows, errors, notices and
+// ReadyForQuery in rp; false when the connection ended.
+func (r *rawClient) receive(rp *reply, d time.Duration) (pgproto3.BackendMessage, bool) {
+	r.t.Helper()
+	m, err := r.fe.Receive()
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			r.t.Fatalf("pgtoken did not answer within %s (%d ReadyForQuery; rows %q, errors %q)", d, rp.ready, rp.rows, rp.codes())
+		}
+		rp.ended = err
+		return nil, false
+	}
+	switch m := m.(type) {
+	case *pgproto3.DataRow:
+		row := make([]string, len(m.Values))
+		for i, v := range m.Values {
+			row[i] = string(v)
+		}
+		rp.rows = append(rp.rows, row)
+	case *pgproto3.ErrorResponse:
+		rp.errs = append(rp.errs, *m)
+		if m.Severity == "FATAL" {
+			rp.ended = fmt.Errorf("FATAL %s %s", m.Code, m.Message)
+		}
+	case *pgproto3.NoticeResponse:
+		rp.notices = append(rp.notices, m.Message)
+	case *pgproto3.ReadyForQuery:
+		rp.ready++
+		rp.status = m.TxStatus
+	}
+	return m, true
 }
 
 // read reads until n ReadyForQuery, the connection's end or d.
@@ -535,32 +643,8 @@ func (r *rawClient) read(n int, d time.Duration) reply {
 	_ = r.nc.SetReadDeadline(time.Now().Add(d))
 	defer func() { _ = r.nc.SetReadDeadline(time.Time{}) }()
 	for rp.ready < n {
-		m, err := r.fe.Receive()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				r.t.Fatalf("no answer within %s (%d of %d ReadyForQuery; rows %q, errors %q)", d, rp.ready, n, rp.rows, rp.codes())
-			}
-			rp.ended = err
-			return rp
-		}
-		switch m := m.(type) {
-		case *pgproto3.DataRow:
-			row := make([]string, len(m.Values))
-			for i, v := range m.Values {
-				row[i] = string(v)
-			}
-			rp.rows = append(rp.rows, row)
-		case *pgproto3.ErrorResponse:
-			rp.errs = append(rp.errs, *m)
-			if m.Severity == "FATAL" {
-				rp.ended = fmt.Errorf("FATAL %s %s", m.Code, m.Message)
-			}
-		case *pgproto3.NoticeResponse:
-			rp.notices = append(rp.notices, m.Message)
-		case *pgproto3.ReadyForQuery:
-			rp.ready++
-			rp.status = m.TxStatus
+		if _, ok := r.receive(&rp, d); !ok {
+			break
 		}
 	}
 	return rp
@@ -598,4 +682,21 @@ func batchOf(sqls ...string) *pgconn.Batch {
 		b.ExecParams(s, nil, nil, nil, nil)
 	}
 	return b
+}
+
+// sendEach writes messages one write at a time, a moment apart, so that
+// pgtoken handles each before the next arrives.
+func (r *rawClient) sendEach(ms []pgproto3.FrontendMessage) {
+	r.t.Helper()
+	for _, m := range ms {
+		r.send([]pgproto3.FrontendMessage{m})
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// loCreat is a fast-path call of lo_creat(-1), one of the large-object
+// functions pgtoken lets through.
+func loCreat() *pgproto3.FunctionCall {
+	return &pgproto3.FunctionCall{Function: 957, ArgFormatCodes: []uint16{1},
+		Arguments: [][]byte{{0xff, 0xff, 0xff, 0xff}}, ResultFormatCode: 1}
 }

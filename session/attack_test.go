@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -173,10 +174,7 @@ func TestAttack1PreludeStatementRunFromSQL(t *testing.T) {
 			})
 		}
 		a.probe(t, "the attacker's next transaction", c, false, "web_user", "mallory")
-		if a.mode == "session" {
-			_ = c.Close(ctx(t))
-		}
-		a.nextClientClean(t, "web_user", "alice", attackerPID)
+		a.thenVictim(t, func() { _ = c.Close(ctx(t)) }, attackerPID)
 	})
 }
 
@@ -249,14 +247,260 @@ func TestAttack1PgtokenNamesInExtendedProtocol(t *testing.T) {
 				a.checkIdents(t, v.name+": the next query", rp.rows, "web_user", "mallory")
 			})
 		}
-		if a.mode == "session" {
-			_ = r.nc.Close()
-		}
-		a.nextClientClean(t, "web_user", "alice", attackerPID)
+		a.thenVictim(t, r.close, attackerPID)
 		// A client with one more setting: its prelude statement is the one
 		// the attacker tried to create or replace.
 		v := a.connect(t, a.token("web_user", "bob", "extra", "1"))
 		a.probe(t, "the next client with more claims (extended)", v, true, "web_user", "bob")
 		a.probe(t, "the next client with more claims (simple)", v, false, "web_user", "bob")
+	})
+}
+
+// --- class 2: a transaction that starts mid-batch runs without the prelude
+
+// midBatchQueries are simple Queries a client may send between
+// extended-protocol messages before Sync; Postgres commits the batch's
+// implicit transaction when one arrives.
+var midBatchQueries = []string{
+	"select 1", "SELECT 'x' AS y", "", ";", "-- only a comment", "set statement_timeout = 0",
+	"begin", "commit", "rollback", "end", "abort", "select 1/0",
+	"reset all", "discard all", "deallocate all", "prepare atk_q as select 1", "vacuum api.notes",
+	"commit; select 1", "select 1; commit", "begin; commit",
+}
+
+// txEnders end a transaction; some chain a new one.
+var txEnders = []string{
+	"commit", "COMMIT WORK", "Commit Transaction", "end", "END TRANSACTION", "abort", "ABORT WORK",
+	"rollback", "ROLLBACK TRANSACTION", "commit and chain", "COMMIT AND NO CHAIN", "rollback and chain",
+	"end and chain", "abort and chain", "/* c */ commit", "commit -- c\n", "commit;", "\n\tcommit\n",
+}
+
+// TestAttack2QueryOrFunctionCallMidBatch: Parse/Bind/Execute, then a
+// simple Query (every kind) or a FunctionCall before Sync, then more
+// Executes: every statement after the Query must still run as the token,
+// also when the batch ends with Parse("begin") and the transaction goes on
+// in later messages, with Flush between every message, and after errors
+// and storms of Syncs.
+func TestAttack2QueryOrFunctionCallMidBatch(t *testing.T) {
+	eachAttackEnv(t, func(t *testing.T, a *atk) {
+		r := a.raw(t, a.token("web_user", "mallory"))
+		attackerPID := a.checkIdents(t, "first batch", r.exchange(msgs(pbe(probeSQL), syncMsg)).rows, "web_user", "mallory")
+		type variant struct {
+			name  string
+			ms    []pgproto3.FrontendMessage
+			each  bool     // one write per message (Flush between them)
+			after []string // simple queries after the batch: probes run in the same transaction
+		}
+		var variants []variant
+		for _, q := range midBatchQueries {
+			variants = append(variants, variant{name: fmt.Sprintf("query-%q", q),
+				ms: msgs(pbe("select 1"), query(q), pbe(probeSQL), pbe(rlsSQL), syncMsg)})
+		}
+		variants = append(variants,
+			variant{name: "functioncall", ms: msgs(pbe("select 1"), loCreat(), pbe(probeSQL), pbe(rlsSQL), syncMsg)},
+			variant{name: "functioncall-first", ms: msgs(loCreat(), pbe(probeSQL), pbe(rlsSQL), syncMsg)},
+			variant{name: "two-queries", ms: msgs(pbe("select 1"), query("select 1"), query("select 2"), pbe(probeSQL), syncMsg)},
+			variant{name: "query-then-parse-begin-ends-batch", ms: msgs(pbe("select 1"), query("select 1"), pbe("begin"), syncMsg),
+				after: []string{probeSQL + "; " + rlsSQL, "rollback"}},
+			variant{name: "functioncall-then-parse-begin-ends-batch", ms: msgs(pbe("select 1"), loCreat(), pbe("begin"), syncMsg),
+				after: []string{probeSQL + "; " + rlsSQL, "rollback"}},
+			variant{name: "query-then-begin-isolation-ends-batch", ms: msgs(pbe("select 1"), query("select 1"), pbe("start transaction isolation level serializable"), syncMsg),
+				after: []string{probeSQL, "rollback"}},
+			variant{name: "flush-between-messages", each: true, ms: msgs(
+				&pgproto3.Parse{Query: "select 1"}, flushMsg, &pgproto3.Bind{}, flushMsg, &pgproto3.Execute{}, flushMsg,
+				query("select 1"), flushMsg,
+				&pgproto3.Parse{Query: probeSQL}, flushMsg, &pgproto3.Bind{}, flushMsg, &pgproto3.Execute{}, flushMsg, syncMsg)},
+			variant{name: "flush-then-functioncall", each: true, ms: msgs(pbe("select 1"), flushMsg, loCreat(), flushMsg, pbe(probeSQL), syncMsg)},
+			variant{name: "error-then-sync-storm", ms: msgs(pbe("select 1/0"), pbe(probeSQL), syncMsg, syncMsg, syncMsg, syncMsg, syncMsg,
+				pbe(probeSQL), syncMsg, query(probeSQL))},
+			variant{name: "sync-storm-then-query-mid-batch", ms: msgs(syncMsg, syncMsg, syncMsg, pbe("select 1"), query("select 1"), pbe(probeSQL), syncMsg)},
+			variant{name: "suspended-portal-then-query", ms: msgs(&pgproto3.Parse{Query: "select generate_series(1, 3)"}, &pgproto3.Bind{},
+				&pgproto3.Execute{MaxRows: 1}, query("select 1"), pbe(probeSQL), syncMsg)},
+			variant{name: "describe-first-then-query", ms: msgs(&pgproto3.Parse{Name: "atk_d", Query: probeSQL}, &pgproto3.Describe{ObjectType: 'S', Name: "atk_d"},
+				query("select 1"), &pgproto3.Bind{PreparedStatement: "atk_d"}, &pgproto3.Execute{}, syncMsg, &pgproto3.Close{ObjectType: 'S', Name: "atk_d"}, syncMsg)},
+		)
+		for _, v := range variants {
+			t.Run(v.name, func(t *testing.T) {
+				var rp reply
+				if v.each {
+					r.sendEach(v.ms)
+					rp = r.expect(v.ms, 30*time.Second)
+				} else {
+					rp = r.exchange(v.ms)
+				}
+				t.Logf("errors: %q; %d probes ran", rp.codes(), len(identsOf(rp.rows)))
+				a.checkIdents(t, v.name, rp.rows, "web_user", "mallory")
+				for _, q := range v.after {
+					a.checkIdents(t, v.name+", then "+q, r.exchange(msgs(query(q))).rows, "web_user", "mallory")
+				}
+				_ = r.exchange(msgs(query("rollback")))
+			})
+		}
+		a.thenVictim(t, r.close, attackerPID)
+	})
+}
+
+// TestAttack2TransactionEndsMidBatchOrString: COMMIT, ROLLBACK, END,
+// ABORT, with and without AND CHAIN, in every spelling, as an Execute in
+// the middle of a batch (with and without a BEGIN before) and in the middle
+// of a Query string (with odd separators): whatever runs after them runs as
+// the token.
+func TestAttack2TransactionEndsMidBatchOrString(t *testing.T) {
+	eachAttackEnv(t, func(t *testing.T, a *atk) {
+		r := a.raw(t, a.token("web_user", "mallory"))
+		attackerPID := a.checkIdents(t, "first batch", r.exchange(msgs(pbe(probeSQL), syncMsg)).rows, "web_user", "mallory")
+		for _, e := range txEnders {
+			t.Run(fmt.Sprintf("%q", e), func(t *testing.T) {
+				check := func(what string, ms ...any) {
+					t.Helper()
+					rp := r.exchange(msgs(ms...))
+					if len(identsOf(rp.rows)) == 0 && len(rp.errs) == 0 {
+						t.Errorf("%s: no probe ran", what)
+					}
+					a.checkIdents(t, what, rp.rows, "web_user", "mallory")
+					rp = r.exchange(msgs(query(probeSQL + "; " + rlsSQL)))
+					if len(identsOf(rp.rows)) != 1 {
+						t.Errorf("%s: the next query's probe did not run: %q", what, rp.codes())
+					}
+					a.checkIdents(t, what+", the next query", rp.rows, "web_user", "mallory")
+					_ = r.exchange(msgs(query("rollback")))
+				}
+				check("extended, after begin", pbe("begin"), pbe(probeSQL), pbe(e), pbe(probeSQL), pbe(rlsSQL), syncMsg)
+				check("extended, implicit transaction", pbe(probeSQL), pbe(e), pbe(probeSQL), pbe(rlsSQL), syncMsg)
+				check("extended, ender then flush", pbe("begin"), pbe(e), flushMsg, pbe(probeSQL), syncMsg)
+				check("extended, ender ends the batch", pbe("begin"), pbe(e), syncMsg, pbe(probeSQL), syncMsg)
+				stripped := strings.TrimSuffix(strings.TrimSpace(e), ";")
+				for _, sep := range []string{"; ", ";\n", " /* ; */ ;", ";;", " -- ;\n;"} {
+					check(fmt.Sprintf("simple, separator %q", sep),
+						query("begin; "+probeSQL+"; "+stripped+sep+probeSQL+sep+rlsSQL))
+					check(fmt.Sprintf("simple, no begin, separator %q", sep),
+						query(probeSQL+"; "+stripped+sep+probeSQL+sep+rlsSQL))
+				}
+				check("simple, twice", query("begin; "+stripped+"; "+stripped+"; "+probeSQL+"; "+rlsSQL))
+			})
+		}
+		a.thenVictim(t, r.close, attackerPID)
+	})
+}
+
+// TestAttack2ProcedureThatCommits: CALL of an owner-written procedure that
+// writes a row, COMMITs and writes another. In both protocols every row it
+// writes is written as the token (or the CALL fails before anything is
+// kept); the statements after the CALL run as the token.
+func TestAttack2ProcedureThatCommits(t *testing.T) {
+	eachAttackEnv(t, func(t *testing.T, a *atk) {
+		r := a.raw(t, a.token("web_user", "mallory"))
+		for _, v := range []struct {
+			name string
+			ms   func(call string) []pgproto3.FrontendMessage
+		}{
+			{"simple-call-alone", func(c string) []pgproto3.FrontendMessage { return msgs(query(c)) }},
+			{"simple-call-then-probe", func(c string) []pgproto3.FrontendMessage { return msgs(query(c + "; " + probeSQL)) }},
+			{"simple-begin-call", func(c string) []pgproto3.FrontendMessage {
+				return msgs(query("begin; " + c + "; " + probeSQL + "; commit"))
+			}},
+			{"extended-call-alone", func(c string) []pgproto3.FrontendMessage { return msgs(pbe(c), syncMsg) }},
+			{"extended-call-then-probe", func(c string) []pgproto3.FrontendMessage { return msgs(pbe(c), pbe(probeSQL), syncMsg) }},
+			{"extended-select-call-probe", func(c string) []pgproto3.FrontendMessage {
+				return msgs(pbe("select 1"), pbe(c), pbe(probeSQL), syncMsg)
+			}},
+			{"extended-call-upper-case", func(c string) []pgproto3.FrontendMessage {
+				return msgs(pbe(strings.Replace(c, "call api.commit_between", "CALL API.COMMIT_BETWEEN", 1)), pbe(probeSQL), syncMsg)
+			}},
+			{"extended-call-comment-first", func(c string) []pgproto3.FrontendMessage {
+				return msgs(pbe("/* x */ "+c), pbe(probeSQL), syncMsg)
+			}},
+			{"extended-call-then-query", func(c string) []pgproto3.FrontendMessage {
+				return msgs(pbe(c), query(probeSQL), pbe(probeSQL), syncMsg)
+			}},
+			{"extended-begin-call-commit", func(c string) []pgproto3.FrontendMessage {
+				return msgs(pbe("begin"), pbe(c), pbe(probeSQL), pbe("commit"), syncMsg)
+			}},
+		} {
+			t.Run(v.name, func(t *testing.T) {
+				rp := r.exchange(v.ms("call api.commit_between('" + v.name + "')"))
+				t.Logf("errors: %q", rp.codes())
+				a.checkIdents(t, v.name, rp.rows, "web_user", "mallory")
+				_ = r.exchange(msgs(query("rollback")))
+				checkCommitBetween(t, a, v.name+":", "web_user", "mallory")
+			})
+		}
+	})
+}
+
+// checkCommitBetween checks the rows api.commit_between wrote: each as the
+// token, and an ":after" row for every ":before" row (a procedure whose
+// second half could not write ran as someone without the token role's
+// privileges).
+func checkCommitBetween(t *testing.T, a *atk, prefix, role, sub string) {
+	t.Helper()
+	rows := a.logRows(prefix)
+	before, after := map[string]bool{}, map[string]bool{}
+	for _, r := range rows {
+		tag, who, s := r[0], r[1], r[2]
+		if who != role || s != sub {
+			t.Errorf("LEAK: api.commit_between wrote %q as current_user=%s sub=%s (backend %s); want %s/%s", tag, who, s, r[3], role, sub)
+		}
+		if b, ok := strings.CutSuffix(tag, ":before"); ok {
+			before[b] = true
+		}
+		if b, ok := strings.CutSuffix(tag, ":after"); ok {
+			after[b] = true
+		}
+	}
+	for b := range before {
+		if !after[b] {
+			t.Errorf("LEAK: api.commit_between(%q) kept its first row but its part after COMMIT could not write as %s: it ran as another role (the upstream login?)", b, role)
+		}
+	}
+}
+
+// TestAttack2EscapedClientReadsAndCancelsOthers: what an escape to the
+// upstream login buys. Another client of pgtoken (a second database on the
+// same cluster, same upstream login) runs a long query; the attacker, after
+// a Query mid-batch, looks for its text — its prelude, claims included — in
+// pg_stat_activity and cancels its backend. Postgres must show the
+// attacker no query text of another backend, and the other client's query
+// must complete (its row is written).
+func TestAttack2EscapedClientReadsAndCancelsOthers(t *testing.T) {
+	eachAttackEnv(t, func(t *testing.T, a *atk) {
+		b := startAttack(t, a.setup, "transaction", nil)
+		secret := "bystander-secret-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		by := b.connect(t, b.token("web_user", secret))
+		done := make(chan error, 1)
+		go func() {
+			_, err := by.Exec(ctx(t), "select pg_sleep(3); insert into api.attack_log(tag) values ('bystander-done')").ReadAll()
+			done <- err
+		}()
+		waitFor(t, 10*time.Second, "the bystander's query never ran", func() bool {
+			return len(b.backendsWhere("state = 'active' and query like '%pg_sleep(3)%'")) == 1
+		})
+		r := a.raw(t, a.token("web_anon", "anonymous"))
+		look := `select 'seen', query from pg_stat_activity where pid <> pg_backend_pid() and query like '%bystander-secret%'`
+		kill := `select 'cancel', pg_cancel_backend(pid)::text from pg_stat_activity where pid <> pg_backend_pid() and query like '%bystander-secret%'`
+		for _, v := range []struct {
+			name string
+			ms   []pgproto3.FrontendMessage
+		}{
+			{"query-mid-batch", msgs(pbe("select 1"), query("select 1"), pbe(look), pbe(kill), syncMsg)},
+			{"functioncall-mid-batch", msgs(pbe("select 1"), loCreat(), pbe(look), pbe(kill), syncMsg)},
+			{"plain", msgs(query(look + "; " + kill))},
+		} {
+			rp := r.exchange(v.ms)
+			for _, row := range rp.rows {
+				if row[0] == "seen" && strings.Contains(row[1], secret) {
+					t.Errorf("LEAK %s: pg_stat_activity showed the attacker another client's query with its claims: %.200q", v.name, row[1])
+				}
+				if row[0] == "cancel" && row[1] == "true" {
+					t.Errorf("LEAK %s: Postgres let the attacker cancel another client's backend", v.name)
+				}
+			}
+		}
+		if err := <-done; err != nil {
+			t.Errorf("LEAK: the other client's query failed: %v", err)
+		}
+		if rows := b.logRows("bystander-done"); len(rows) != 1 {
+			t.Errorf("LEAK: the other client's query did not complete (attack_log rows %q)", rows)
+		}
 	})
 }
