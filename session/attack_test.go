@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -174,7 +175,7 @@ func TestAttack1PreludeStatementRunFromSQL(t *testing.T) {
 			})
 		}
 		a.probe(t, "the attacker's next transaction", c, false, "web_user", "mallory")
-		a.thenVictim(t, func() { _ = c.Close(ctx(t)) }, attackerPID)
+		a.thenVictim(t, func() { _ = c.Close(ctx(t)) }, attackerPID, cleanOpts{})
 	})
 }
 
@@ -247,7 +248,7 @@ func TestAttack1PgtokenNamesInExtendedProtocol(t *testing.T) {
 				a.checkIdents(t, v.name+": the next query", rp.rows, "web_user", "mallory")
 			})
 		}
-		a.thenVictim(t, r.close, attackerPID)
+		a.thenVictim(t, r.close, attackerPID, cleanOpts{})
 		// A client with one more setting: its prelude statement is the one
 		// the attacker tried to create or replace.
 		v := a.connect(t, a.token("web_user", "bob", "extra", "1"))
@@ -336,7 +337,7 @@ func TestAttack2QueryOrFunctionCallMidBatch(t *testing.T) {
 				_ = r.exchange(msgs(query("rollback")))
 			})
 		}
-		a.thenVictim(t, r.close, attackerPID)
+		a.thenVictim(t, r.close, attackerPID, cleanOpts{})
 	})
 }
 
@@ -379,7 +380,7 @@ func TestAttack2TransactionEndsMidBatchOrString(t *testing.T) {
 				check("simple, twice", query("begin; "+stripped+"; "+stripped+"; "+probeSQL+"; "+rlsSQL))
 			})
 		}
-		a.thenVictim(t, r.close, attackerPID)
+		a.thenVictim(t, r.close, attackerPID, cleanOpts{})
 	})
 }
 
@@ -501,6 +502,211 @@ func TestAttack2EscapedClientReadsAndCancelsOthers(t *testing.T) {
 		}
 		if rows := b.logRows("bystander-done"); len(rows) != 1 {
 			t.Errorf("LEAK: the other client's query did not complete (attack_log rows %q)", rows)
+		}
+	})
+}
+
+// --- class 3: code written at run time
+
+// tempSchemaName finds the name of the attacker's temporary schema
+// (pg_temp_N), creating it if needed; without TEMPORARY it guesses.
+func tempSchemaName(t *testing.T, rows [][]string) string {
+	for _, r := range rows {
+		if len(r) == 2 && r[0] == "tempschema" && r[1] != "" && r[1] != "-" {
+			return r[1]
+		}
+	}
+	return "pg_temp_3"
+}
+
+const tempSchemaSQL = `begin; create temp table atk_ns (x int) on commit drop;
+	select 'tempschema', coalesce(pg_my_temp_schema()::regnamespace::text, '-'); commit`
+
+// tempSpellings name the temporary schema: where an object is created
+// (with a statement before that, if any) and how it is called.
+func tempSpellings(ns string) []struct{ name, before, create, call string } {
+	return []struct{ name, before, create, call string }{
+		{"pg_temp", "", "pg_temp.", "pg_temp."},
+		{"quoted-pg_temp", "", `"pg_temp".`, `"pg_temp".`},
+		{"upper-case-PG_TEMP", "", "PG_TEMP.", "PG_TEMP."},
+		{"unicode-escape", "", `U&"pg\005ftemp".`, `U&"pg\005ftemp".`},
+		{"unicode-escape-uescape", "", `U&"pg!005ftemp" UESCAPE '!'.`, `U&"pg!005ftemp" UESCAPE '!'.`},
+		{"set-local-search-path", "set local search_path = pg_temp", "", `U&"pg\005ftemp".`},
+		{"set_config-search-path", "select set_config('search_path', 'pg_temp', true)", "", `U&"pg\005ftemp".`},
+		{"numbered-" + ns, "", ns + ".", ns + "."},
+	}
+}
+
+// runtimeBodies are PL/pgSQL function bodies that build an identity change
+// at run time, out of the guard's sight.
+var runtimeBodies = []struct{ name, body string }{
+	{"concatenated-set-role", `begin execute 'SE'||'T ROLE web_admin'; end`},
+	{"concatenated-set-role-none", `begin execute 'SE'||'T ROLE NONE'; end`},
+	{"variable-set-role", `declare s text := 'SE'; begin execute s || 'T ROLE web_admin'; end`},
+	{"chr-set-role", `begin execute chr(83)||'ET ROLE web_admin'; end`},
+	{"reversed-set-role", `begin execute reverse('nimda_bew ELOR TES'); end`},
+	{"hex-decoded-set-role", `begin execute convert_from('\x53455420524f4c45207765625f61646d696e', 'UTF8'); end`},
+	{"set_config-built-at-run-time", `begin execute 'select se'||'t_config($1, $2, false)' using 'jwt.'||'claims.sub', 'alice'; end`},
+	{"set-claim-not-carried", `begin execute 'SE'||'T jwt.'||'claims.admin = ''yes'''; end`},
+	{"set-app-setting", `begin execute 'SE'||'T app.x = ''left by mallory'''; end`},
+}
+
+// TestAttack3RuntimeBuiltIdentityChange: with TEMPORARY (Postgres's
+// default), a temporary PL/pgSQL function in any spelling of the temporary
+// schema builds SET ROLE or set_config at run time; or changes another
+// temporary function's SET role at run time. Neither the rest of the
+// transaction, nor the attacker's next one, nor the next client may run as
+// anything but its token.
+func TestAttack3RuntimeBuiltIdentityChange(t *testing.T) {
+	eachAttackEnv(t, func(t *testing.T, a *atk) {
+		c := a.connect(t, a.token("web_user", "mallory"))
+		rows, _ := simpleRows(t, c, tempSchemaSQL)
+		_, _ = simpleRows(t, c, "rollback") // without TEMPORARY the transaction failed
+		ns := tempSchemaName(t, rows)
+		attackerPID := a.probe(t, "the attacker", c, false, "web_user", "mallory")
+		i := 0
+		for _, sp := range tempSpellings(ns) {
+			for _, body := range runtimeBodies {
+				t.Run(sp.name+"/"+body.name, func(t *testing.T) {
+					for _, extended := range []bool{false, true} {
+						i++
+						f := fmt.Sprintf("atk_f%d", i)
+						stmts := []string{
+							fmt.Sprintf("create function %s%s() returns void language plpgsql as $atk$%s$atk$", sp.create, f, body.body),
+							fmt.Sprintf("select %s%s()", sp.call, f),
+							probeSQL, rlsSQL,
+						}
+						if sp.before != "" {
+							stmts = append([]string{sp.before}, stmts...)
+						}
+						a.runAttack(t, c, sp.name+"/"+body.name, extended, stmts)
+					}
+				})
+			}
+			t.Run(sp.name+"/alter-function-set-role-at-run-time", func(t *testing.T) {
+				for _, extended := range []bool{false, true} {
+					i++
+					f, g := fmt.Sprintf("atk_f%d", i), fmt.Sprintf("atk_g%d", i)
+					stmts := []string{
+						fmt.Sprintf("create function %s%s() returns setof text language sql as 'select owner from api.todos'", sp.create, g),
+						fmt.Sprintf("create function %s%s() returns void language plpgsql as $atk$begin execute 'ALTER FUNCTION pg_temp.%s() SE'||'T role = web_admin'; end$atk$", sp.create, f, g),
+						fmt.Sprintf("select %s%s()", sp.call, f),
+						fmt.Sprintf("select 'rls', %s%s()", sp.call, g),
+						probeSQL,
+					}
+					if sp.before != "" {
+						stmts = append([]string{sp.before}, stmts...)
+					}
+					a.runAttack(t, c, sp.name+"/alter-function", extended, stmts)
+				}
+			})
+		}
+		a.thenVictim(t, func() { _ = c.Close(ctx(t)) }, attackerPID, cleanOpts{})
+	})
+}
+
+// runAttack runs statements as one Query (simple) or as one batch of
+// Parse/Bind/Execute (extended), then checks what Postgres says they and
+// the client's next transaction ran as.
+func (a *atk) runAttack(t *testing.T, c *pgconn.PgConn, what string, extended bool, stmts []string) {
+	t.Helper()
+	var rows [][]string
+	var err error
+	if extended {
+		var res []*pgconn.Result
+		res, err = c.ExecBatch(ctx(t), batchOf(stmts...)).ReadAll()
+		rows = flatten(res)
+		what += " (extended)"
+	} else {
+		rows, err = simpleRows(t, c, strings.Join(stmts, ";\n"))
+		what += " (simple)"
+	}
+	t.Logf("%s: %v", what, err)
+	a.checkIdents(t, what, rows, "web_user", "mallory")
+	rows, err = simpleRows(t, c, probeSQL+"; "+rlsSQL)
+	if err != nil {
+		t.Errorf("%s: the next transaction failed: %v", what, err)
+	}
+	a.checkIdents(t, what+", the next transaction", rows, "web_user", "mallory")
+}
+
+// TestAttack3TempTableShadowsTodos: a temporary table named todos, created
+// in any spelling of the temporary schema, would come before api.todos in
+// the search path of the next client on the backend; a trigger on it runs
+// the attacker's code as that client and copies the client's rows into a
+// table the attacker reads later. The victim's insert must reach
+// api.todos, the attacker must find none of the victim's rows, and nothing
+// temporary may be left for the client after.
+func TestAttack3TempTableShadowsTodos(t *testing.T) {
+	eachSetupAndMode(t, attackSetups, attackModes, func(t *testing.T, setup dbSetup, mode string) {
+		for _, sp := range tempSpellings("pg_temp_N") {
+			for _, extended := range []bool{false, true} {
+				name := sp.name + map[bool]string{false: "/simple", true: "/extended"}[extended]
+				t.Run(name, func(t *testing.T) {
+					a := startAttack(t, setup, mode, nil)
+					c := a.connect(t, a.token("web_user", "mallory"))
+					rows, _ := simpleRows(t, c, tempSchemaSQL)
+					_, _ = simpleRows(t, c, "rollback")
+					ns := tempSchemaName(t, rows)
+					in := strings.ReplaceAll(sp.create, "pg_temp_N", ns)
+					call := strings.ReplaceAll(sp.call, "pg_temp_N", ns) // functions need the schema
+					stmts := []string{
+						fmt.Sprintf("create table %stodos (like api.todos including defaults)", in),
+						fmt.Sprintf("create table %sloot (owner text, title text)", in),
+						fmt.Sprintf("create function %ssteal() returns trigger language plpgsql as $atk$begin insert into loot select owner, title from api.todos; return new; end$atk$", in),
+						fmt.Sprintf("create trigger steal before insert on %stodos for each row execute function %ssteal()", in, call),
+					}
+					if sp.before != "" {
+						stmts = append([]string{sp.before}, stmts...)
+					}
+					if extended {
+						_, err := c.ExecBatch(ctx(t), batchOf(stmts...)).ReadAll()
+						t.Logf("attack: %v", err)
+					} else {
+						_, err := simpleRows(t, c, strings.Join(stmts, ";\n"))
+						t.Logf("attack: %v", err)
+					}
+					attackerPID := a.probe(t, "the attacker", c, false, "web_user", "mallory")
+					if mode == "session" {
+						_ = c.Close(ctx(t))
+					}
+					// The victim writes and reads her todos.
+					note := "alice-secret-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+					v := a.connect(t, a.token("web_user", "alice"))
+					rows, err := simpleRows(t, v, "insert into todos (title) values ('"+note+"'); "+probeSQL+"; select 'seen', title from todos")
+					if err != nil {
+						t.Logf("victim: %v", err)
+					}
+					a.checkIdents(t, "the victim", rows, "web_user", "alice")
+					if got := a.superuser("select count(*) from api.todos where title = '" + note + "'"); got[0][0] != "1" {
+						t.Errorf("LEAK: the victim's insert did not reach api.todos (%s rows there): it went into a table the attacker made", got[0][0])
+					}
+					seen := 0
+					for _, r := range rows {
+						if r[0] == "seen" {
+							seen++
+						}
+					}
+					if seen != 4 {
+						t.Errorf("LEAK: the victim's select from todos saw %d rows, want her 4 of api.todos", seen)
+					}
+					_ = v.Close(ctx(t))
+					// The attacker comes back for the loot.
+					if mode == "session" {
+						c = a.connect(t, a.token("web_user", "mallory"))
+					}
+					rows, _ = simpleRows(t, c, "select 'loot', owner, title from "+call+"loot")
+					for _, r := range rows {
+						if r[0] == "loot" && r[1] != "mallory" {
+							t.Errorf("LEAK: the attacker's table holds a row of %s: %q", r[1], r[2])
+							break
+						}
+					}
+					// (The victim's insert took a value from the sequence: the
+					// next client's lastval() is another test's business.)
+					a.thenVictim(t, func() { _ = c.Close(ctx(t)) }, attackerPID, cleanOpts{victimUsedSequence: true})
+				})
+			}
 		}
 	})
 }
