@@ -710,3 +710,238 @@ func TestAttack3TempTableShadowsTodos(t *testing.T) {
 		}
 	})
 }
+
+// --- class 4: state left for the next client
+
+// leftoverVariant is one way to leave something on the backend: sql runs
+// as one Query (simple) or as one batch, one statement per Parse
+// (extended, with args bound to the last statement).
+type leftoverVariant struct {
+	name     string
+	extended bool
+	sql      []string
+	args     []string
+}
+
+// leaveForNext runs each variant in a fresh database and pgtoken per setup
+// and mode: the attacker (web_user mallory) runs it, then alice comes next
+// on the same backend and must find nothing of it.
+func leaveForNext(t *testing.T, variants []leftoverVariant) {
+	eachSetupAndMode(t, attackSetups, attackModes, func(t *testing.T, setup dbSetup, mode string) {
+		for _, v := range variants {
+			t.Run(v.name, func(t *testing.T) {
+				a := startAttack(t, setup, mode, nil)
+				c := a.connect(t, a.token("web_user", "mallory"))
+				var err error
+				if v.extended {
+					b := &pgconn.Batch{}
+					for i, s := range v.sql {
+						var params [][]byte
+						if i == len(v.sql)-1 {
+							for _, x := range v.args {
+								params = append(params, []byte(x))
+							}
+						}
+						b.ExecParams(s, params, nil, nil, nil)
+					}
+					_, err = c.ExecBatch(ctx(t), b).ReadAll()
+				} else {
+					_, err = simpleRows(t, c, strings.Join(v.sql, "; "))
+				}
+				t.Logf("attack: %v", err)
+				pid := a.probe(t, "the attacker", c, false, "web_user", "mallory")
+				a.thenVictim(t, func() { _ = c.Close(ctx(t)) }, pid, cleanOpts{})
+			})
+		}
+	})
+}
+
+// bothProtocols makes a simple and an extended variant of each statement
+// list.
+func bothProtocols(vs ...leftoverVariant) []leftoverVariant {
+	var out []leftoverVariant
+	for _, v := range vs {
+		s, e := v, v
+		s.name += "/simple"
+		e.name += "/extended"
+		e.extended = true
+		out = append(out, s, e)
+	}
+	return out
+}
+
+const leftValue = "left by mallory"
+
+// TestAttack4SettingsLeftForNextClient: session-level settings of any name
+// outside the claims (placeholders never appear in pg_settings), set by
+// set_config(..., false) in every form, by SET, by an owner-written
+// function, or a claim the next client's token does not carry: the next
+// client on the backend must not see them.
+func TestAttack4SettingsLeftForNextClient(t *testing.T) {
+	l := "'" + leftValue + "'"
+	leaveForNext(t, append(bothProtocols(
+		leftoverVariant{name: "set_config-false", sql: []string{"select set_config('app.x', " + l + ", false)"}},
+		leftoverVariant{name: "SET_CONFIG-qualified-upper-case", sql: []string{"SELECT PG_CATALOG.SET_CONFIG('app.x', " + l + ", FALSE)"}},
+		leftoverVariant{name: "set_config-in-from", sql: []string{"select * from set_config('app.x', " + l + ", false)"}},
+		leftoverVariant{name: "set_config-is_local-text-f", sql: []string{"select set_config('app.x', " + l + ", 'f')"}},
+		leftoverVariant{name: "set_config-is_local-expression", sql: []string{"select set_config('app.x', " + l + ", 1 = 0)"}},
+		leftoverVariant{name: "set_config-mixed-case-name", sql: []string{"select set_config('App.X', " + l + ", false)"}},
+		leftoverVariant{name: "set_config-in-values", sql: []string{"values (set_config('app.x', " + l + ", false))"}},
+		leftoverVariant{name: "set_config-value-from-subquery", sql: []string{"select set_config('app.x', v, false) from (values (" + l + ")) s(v)"}},
+		leftoverVariant{name: "set_config-inside-begin-commit", sql: []string{"begin", "select set_config('app.x', " + l + ", false)", "commit"}},
+		leftoverVariant{name: "set-session", sql: []string{"set app.x = " + l}},
+		leftoverVariant{name: "SET-SESSION-quoted-parts", sql: []string{`SET SESSION "app"."x" TO ` + l}},
+		leftoverVariant{name: "set-inside-begin-commit", sql: []string{"begin", "set app.z = " + l, "commit"}},
+		leftoverVariant{name: "owner-function-app-setting", sql: []string{"select api.remember('app.y', " + l + ")"}},
+		leftoverVariant{name: "owner-function-claim-not-carried", sql: []string{"select api.remember('jwt.claims.extra', " + l + ")"}},
+	),
+		leftoverVariant{name: "set_config-is_local-bound/extended", extended: true, sql: []string{"select set_config('app.x', $1, $2)"}, args: []string{leftValue, "false"}},
+		leftoverVariant{name: "owner-function-bound-name/extended", extended: true, sql: []string{"select api.remember($1, $2)"}, args: []string{"app.y", leftValue}},
+	))
+}
+
+// TestAttack4SequenceValueLeftForNextClient: nextval (directly or by an
+// insert's default) leaves lastval() and currval() on the backend; the next
+// client must get "not yet defined in this session".
+func TestAttack4SequenceValueLeftForNextClient(t *testing.T) {
+	leaveForNext(t, bothProtocols(
+		leftoverVariant{name: "nextval", sql: []string{"select nextval('api.todos_id_seq')"}},
+		leftoverVariant{name: "insert-default", sql: []string{"insert into todos (title) values ('mallory was here')"}},
+		leftoverVariant{name: "nextval-other-sequence", sql: []string{"select nextval('api.attack_log_id_seq')"}},
+		leftoverVariant{name: "insert-inside-begin-commit", sql: []string{"begin", "insert into api.attack_log (tag) values ('seq')", "commit"}},
+	))
+}
+
+// TestAttack4AdvisoryLocksAndListenLeftForNextClient: session-level
+// advisory locks and LISTEN, taken inside owner-written functions (the
+// guard sees only a function call) or directly in any spelling: the next
+// client must hold no advisory lock and listen to nothing.
+func TestAttack4AdvisoryLocksAndListenLeftForNextClient(t *testing.T) {
+	leaveForNext(t, bothProtocols(
+		leftoverVariant{name: "owner-function-advisory-lock", sql: []string{"select api.take_lock(4242)"}},
+		leftoverVariant{name: "owner-function-listen", sql: []string{"select api.listen_to('atk_chan')"}},
+		leftoverVariant{name: "pg_advisory_lock", sql: []string{"select pg_advisory_lock(4242)"}},
+		leftoverVariant{name: "pg_catalog-qualified", sql: []string{"select pg_catalog.pg_advisory_lock(4242)"}},
+		leftoverVariant{name: "unicode-escaped-name", sql: []string{`select U&"pg\005fadvisory\005flock"(4242)`}},
+		leftoverVariant{name: "try-shared-two-keys", sql: []string{"select pg_try_advisory_lock_shared(42, 42)"}},
+		leftoverVariant{name: "lock-in-from", sql: []string{"select * from pg_advisory_lock(4242)"}},
+		leftoverVariant{name: "listen", sql: []string{"listen atk_chan"}},
+		leftoverVariant{name: "LISTEN-quoted", sql: []string{`LISTEN "atk_chan"`}},
+	))
+}
+
+// TestAttack4SessionIdentityLeftByOwnerFunction: an owner-written function
+// (against docs/SECURITY.md's advice) sets role and claims at session
+// level. The next client's own transactions get its prelude, but code that
+// runs after a COMMIT inside its procedure, and a claim its token does not
+// carry, would see the attacker's leftovers. Nothing the victim's procedure
+// writes may carry the attacker's role or sub.
+func TestAttack4SessionIdentityLeftByOwnerFunction(t *testing.T) {
+	const sub = "mallory-says-admin"
+	sql := "select api.remember('role', 'web_admin'), api.remember('jwt.claims.sub', '" + sub + "'), api.remember('jwt.claims.admin', 'yes')"
+	eachSetupAndMode(t, attackSetups, attackModes, func(t *testing.T, setup dbSetup, mode string) {
+		for _, extended := range []bool{false, true} {
+			t.Run(map[bool]string{false: "simple", true: "extended"}[extended], func(t *testing.T) {
+				a := startAttack(t, setup, mode, nil)
+				c := a.connect(t, a.token("web_user", "mallory"))
+				var err error
+				if extended {
+					_, err = extendedRows(t, c, sql)
+				} else {
+					_, err = simpleRows(t, c, sql)
+				}
+				t.Logf("attack: %v", err)
+				pid := a.probe(t, "the attacker's next transaction", c, false, "web_user", "mallory")
+				if mode == "session" {
+					_ = c.Close(ctx(t))
+				}
+				v := a.raw(t, a.token("web_user", "alice"))
+				rp := v.exchange(msgs(pbe("call api.commit_between('victim')"), pbe(probeSQL), syncMsg))
+				t.Logf("victim: %q", rp.codes())
+				a.checkIdents(t, "the victim", rp.rows, "web_user", "alice")
+				for _, r := range a.logRows("victim:") {
+					if r[1] == "web_admin" || r[2] == sub {
+						t.Errorf("LEAK: the victim's procedure wrote %q, after its COMMIT, as current_user=%s sub=%s: the attacker's session-level role and claims (backend %s; attacker on %s)", r[0], r[1], r[2], r[3], pid)
+					}
+				}
+				v.close()
+				// (The victim's procedure took sequence values itself.)
+				a.nextClientClean(t, "web_user", "alice", pid, cleanOpts{victimUsedSequence: true})
+			})
+		}
+	})
+}
+
+// TestAttack4PreparedStatementTextsOfOtherClients: a client prepares
+// statements — SQL PREPARE (whose stored text Postgres takes from the
+// whole Query message, pgtoken's prelude with the client's claims
+// included) and protocol-level ones holding a literal — and another client
+// (another role, or the same) comes next on the backend: pg_prepared_statements
+// must show it neither the first client's claims nor its literals.
+func TestAttack4PreparedStatementTextsOfOtherClients(t *testing.T) {
+	eachSetupAndMode(t, attackSetups, attackModes, func(t *testing.T, setup dbSetup, mode string) {
+		for _, firstRole := range []string{"web_admin", "web_user"} {
+			t.Run("first-"+firstRole, func(t *testing.T) {
+				a := startAttack(t, setup, mode, nil)
+				stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
+				secret, literal := "claim-secret-"+stamp, "literal-secret-"+stamp
+				first := a.connect(t, a.token(firstRole, "alice", "secret", secret))
+				for _, sql := range []string{
+					"prepare atk_sql as select title from todos where title <> 'x'",
+					"execute atk_sql",
+				} {
+					if _, err := simpleRows(t, first, sql); err != nil {
+						t.Logf("%s: %v", sql, err)
+					}
+				}
+				if _, err := first.Prepare(ctx(t), "atk_proto", "select '"+literal+"' || title from todos", nil); err != nil {
+					t.Fatal(err)
+				}
+				if err := first.ExecPrepared(ctx(t), "atk_proto", nil, nil, nil).Read().Err; err != nil {
+					t.Fatal(err)
+				}
+				pid := a.probe(t, "the first client", first, false, firstRole, "alice")
+				if mode == "session" {
+					_ = first.Close(ctx(t))
+				}
+				a.nextClientClean(t, "web_user", "mallory", pid, cleanOpts{secrets: []string{secret, literal}})
+			})
+		}
+	})
+}
+
+// TestAttack4WithHoldCursorLeftForNextClient: a cursor WITH HOLD over the
+// first client's rows outlives its transaction on the backend; the next
+// client must not be able to fetch from it.
+func TestAttack4WithHoldCursorLeftForNextClient(t *testing.T) {
+	eachSetupAndMode(t, attackSetups, attackModes, func(t *testing.T, setup dbSetup, mode string) {
+		for _, v := range []struct{ name, sql string }{
+			{"declare-with-hold", "declare atk_c cursor with hold for select owner, title from todos"},
+			{"DECLARE-NO-SCROLL-WITH-HOLD", "DECLARE atk_c NO SCROLL CURSOR WITH HOLD FOR SELECT owner, title FROM todos"},
+			{"declare-binary-insensitive-with-hold", "declare atk_c binary insensitive cursor with hold for select owner, title from todos"},
+			{"declare-in-explicit-transaction", "begin; declare atk_c cursor with hold for select owner, title from todos; commit"},
+		} {
+			t.Run(v.name, func(t *testing.T) {
+				a := startAttack(t, setup, mode, nil)
+				first := a.connect(t, a.token("web_user", "alice"))
+				_, err := simpleRows(t, first, v.sql)
+				t.Logf("declare: %v", err)
+				pid := a.probe(t, "the first client", first, false, "web_user", "alice")
+				if mode == "session" {
+					_ = first.Close(ctx(t))
+				}
+				next := a.connect(t, a.token("web_user", "mallory"))
+				rows, err := simpleRows(t, next, "fetch all from atk_c")
+				for _, r := range rows {
+					if len(r) == 2 && r[0] != "mallory" {
+						t.Errorf("LEAK: the next client fetched a row of %s from the first client's cursor: %q", r[0], r[1])
+						break
+					}
+				}
+				t.Logf("fetch: %d rows, %v", len(rows), err)
+				_ = next.Close(ctx(t))
+				a.nextClientClean(t, "web_user", "mallory", pid, cleanOpts{})
+			})
+		}
+	})
+}
