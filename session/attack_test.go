@@ -17,6 +17,7 @@ package session_test
 // the variant and the protocol.
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -942,6 +943,192 @@ func TestAttack4WithHoldCursorLeftForNextClient(t *testing.T) {
 				_ = next.Close(ctx(t))
 				a.nextClientClean(t, "web_user", "mallory", pid, cleanOpts{})
 			})
+		}
+	})
+}
+
+// --- class 5: cancel
+
+// cancelFlood sends CancelRequests with c's key until stop is closed;
+// it returns how many it sent.
+func cancelFlood(t *testing.T, addr string, pid uint32, key []byte, stop <-chan struct{}) <-chan int {
+	n := make(chan int, 1)
+	go func() {
+		sent := 0
+		for {
+			select {
+			case <-stop:
+				n <- sent
+				return
+			default:
+			}
+			if err := sendCancel(addr, pid, key); err == nil {
+				sent++
+			}
+		}
+	}()
+	return n
+}
+
+// TestAttack5CancelFloodHitsOnlyItsOwnQueries: a client floods
+// CancelRequests for its own short queries while a victim sleeps and an
+// innocent client runs short inserts, all on the same server connection
+// (transaction mode, pool of one). Postgres must cancel none of their
+// statements: every one of their rows is written.
+func TestAttack5CancelFloodHitsOnlyItsOwnQueries(t *testing.T) {
+	eachAttackEnvOf(t, []dbSetup{setupLocked}, []string{"transaction"}, nil, func(t *testing.T, a *atk) {
+		attacker := a.connect(t, a.token("web_user", "mallory"))
+		victim := a.connect(t, a.token("web_user", "alice"))
+		innocent := a.connect(t, a.token("web_user", "bob"))
+		stop := make(chan struct{})
+		var floods []<-chan int
+		for range 3 {
+			floods = append(floods, cancelFlood(t, a.env.App.Addr(), attacker.PID(), attacker.SecretKey(), stop))
+		}
+		attackerDone := make(chan int, 1)
+		go func() {
+			n := 0
+			for {
+				select {
+				case <-stop:
+					attackerDone <- n
+					return
+				default:
+				}
+				q := "select 1"
+				if n%2 == 1 {
+					q = "select pg_sleep(0.01)" // a query in flight for the cancels to aim at
+				}
+				_, _ = attacker.Exec(context.Background(), q).ReadAll()
+				n++
+			}
+		}()
+		type result struct{ ok, cancelled, other int }
+		innocentDone := make(chan result, 1)
+		go func() {
+			var r result
+			for {
+				select {
+				case <-stop:
+					innocentDone <- r
+					return
+				default:
+				}
+				_, err := innocent.Exec(context.Background(), "insert into api.attack_log (tag) values ('innocent')").ReadAll()
+				switch pe := pgErr(err); {
+				case err == nil:
+					r.ok++
+				case pe != nil && pe.Code == "57014":
+					r.cancelled++
+				default:
+					r.other++
+					t.Logf("innocent: %v", err)
+				}
+			}
+		}()
+		const sleeps = 5
+		victimCancelled := 0
+		for i := range sleeps {
+			_, err := victim.Exec(ctx(t), fmt.Sprintf("select pg_sleep(0.5); insert into api.attack_log (tag) values ('victim-%d')", i)).ReadAll()
+			if pe := pgErr(err); pe != nil && pe.Code == "57014" {
+				victimCancelled++
+			} else if err != nil {
+				t.Errorf("victim: %v", err)
+			}
+		}
+		close(stop)
+		sent := 0
+		for _, f := range floods {
+			sent += <-f
+		}
+		inn := <-innocentDone
+		t.Logf("attacker: %d queries, %d cancel requests; innocent: %+v", <-attackerDone, sent, inn)
+		got := a.superuser("select count(*) filter (where tag like 'victim-%'), count(*) filter (where tag = 'innocent') from api.attack_log")
+		if victimCancelled > 0 || got[0][0] != strconv.Itoa(sleeps) {
+			t.Errorf("LEAK: the attacker's cancel requests cancelled %d of the victim's %d statements (Postgres kept %s of its rows)", victimCancelled, sleeps, got[0][0])
+		}
+		if inn.cancelled > 0 || got[0][1] != strconv.Itoa(inn.ok) {
+			t.Errorf("LEAK: the attacker's cancel requests cancelled %d of the innocent client's %d inserts (Postgres kept %s rows)", inn.cancelled, inn.ok+inn.cancelled+inn.other, got[0][1])
+		}
+	})
+}
+
+// TestAttack5CancelWhileWaitingForServerConnection: a statement still
+// waiting for the (busy) server connection is cancelled by its client: it
+// must never run, and the victim holding the connection must not be
+// cancelled.
+func TestAttack5CancelWhileWaitingForServerConnection(t *testing.T) {
+	eachAttackEnvOf(t, []dbSetup{setupLocked}, []string{"transaction"}, nil, func(t *testing.T, a *atk) {
+		victim := a.connect(t, a.token("web_user", "alice"))
+		attacker := a.connect(t, a.token("web_user", "mallory"))
+		victimErr := make(chan error, 1)
+		go func() {
+			_, err := victim.Exec(ctx(t), "select pg_sleep(2); insert into api.attack_log (tag) values ('victim-slept')").ReadAll()
+			victimErr <- err
+		}()
+		waitFor(t, 10*time.Second, "the victim's sleep never ran", func() bool {
+			return len(a.backendsWhere("state = 'active' and query like '%pg_sleep(2)%'")) == 1
+		})
+		attackerErr := make(chan error, 1)
+		go func() {
+			_, err := attacker.Exec(ctx(t), "insert into api.attack_log (tag) values ('cancelled-while-waiting')").ReadAll()
+			attackerErr <- err
+		}()
+		time.Sleep(300 * time.Millisecond) // the insert waits for the server connection
+		for range 3 {
+			if err := sendCancel(a.env.App.Addr(), attacker.PID(), attacker.SecretKey()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := <-victimErr; err != nil {
+			t.Errorf("LEAK: the victim's statement failed: %v", err)
+		}
+		err := <-attackerErr
+		t.Logf("attacker: %v", err)
+		if rows := a.logRows("cancelled-while-waiting"); len(rows) != 0 {
+			t.Errorf("LEAK: a statement cancelled while it waited for a server connection ran later: Postgres has its row %q", rows)
+		}
+		if pe := pgErr(err); pe == nil || pe.Code != "57014" {
+			t.Errorf("the cancelled statement answered %v, want 57014", err)
+		}
+		if rows := a.logRows("victim-slept"); len(rows) != 1 {
+			t.Errorf("LEAK: the victim's statement did not complete: %q", rows)
+		}
+	})
+}
+
+// TestAttack5CancelArrivesAfterHandOver: in both modes, an attacker floods
+// cancels for its own query and leaves at once; the next client on the
+// same backend (session mode) or the next transaction on it (transaction
+// mode) runs a sleep that must not be cancelled.
+func TestAttack5CancelArrivesAfterHandOver(t *testing.T) {
+	eachAttackEnvOf(t, []dbSetup{setupLocked}, attackModes, nil, func(t *testing.T, a *atk) {
+		const rounds = 8
+		cancelled := 0
+		for i := range rounds {
+			attacker := a.connect(t, a.token("web_user", "mallory"))
+			stop := make(chan struct{})
+			var floods []<-chan int
+			for range 2 {
+				floods = append(floods, cancelFlood(t, a.env.App.Addr(), attacker.PID(), attacker.SecretKey(), stop))
+			}
+			_, _ = attacker.Exec(ctx(t), "select pg_sleep(0.05)").ReadAll()
+			_ = attacker.Close(ctx(t))
+			close(stop)
+			for _, f := range floods {
+				<-f
+			}
+			victim := a.connect(t, a.token("web_user", "alice"))
+			_, err := victim.Exec(ctx(t), fmt.Sprintf("select pg_sleep(0.3); insert into api.attack_log (tag) values ('victim-%d')", i)).ReadAll()
+			if pe := pgErr(err); pe != nil && pe.Code == "57014" {
+				cancelled++
+			} else if err != nil {
+				t.Errorf("victim: %v", err)
+			}
+			_ = victim.Close(ctx(t))
+		}
+		if got := a.superuser("select count(*) from api.attack_log where tag like 'victim-%'"); cancelled > 0 || got[0][0] != strconv.Itoa(rounds) {
+			t.Errorf("LEAK: cancels the attacker sent for its own query cancelled %d of %d statements of the next client (Postgres kept %s rows)", cancelled, rounds, got[0][0])
 		}
 	})
 }
