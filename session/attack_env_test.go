@@ -668,6 +668,33 @@ func (r *rawClient) read(n int, d time.Duration) reply {
 	return rp
 }
 
+// readFor reads whatever comes for d or until the connection ends; a
+// silent connection is no failure here.
+func (r *rawClient) readFor(d time.Duration) reply {
+	var rp reply
+	_ = r.nc.SetReadDeadline(time.Now().Add(d))
+	defer func() { _ = r.nc.SetReadDeadline(time.Time{}) }()
+	for {
+		m, err := r.fe.Receive()
+		if err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				rp.ended = err
+			}
+			return rp
+		}
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			rp.rows = append(rp.rows, []string{fmt.Sprint(len(m.Values))})
+		case *pgproto3.ErrorResponse:
+			rp.errs = append(rp.errs, *m)
+		case *pgproto3.ReadyForQuery:
+			rp.ready++
+			rp.status = m.TxStatus
+		}
+	}
+}
+
 // cancel sends a CancelRequest with this client's key, as a client would.
 func (r *rawClient) cancel(addr string) error {
 	return sendCancel(addr, r.pid, r.key)

@@ -26,6 +26,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtoken/pgtoken/internal/config"
+	"github.com/pgtoken/pgtoken/internal/pgtest"
 )
 
 // --- class 1: pgtoken's own statements are callable
@@ -1129,6 +1132,87 @@ func TestAttack5CancelArrivesAfterHandOver(t *testing.T) {
 		}
 		if got := a.superuser("select count(*) from api.attack_log where tag like 'victim-%'"); cancelled > 0 || got[0][0] != strconv.Itoa(rounds) {
 			t.Errorf("LEAK: cancels the attacker sent for its own query cancelled %d of %d statements of the next client (Postgres kept %s rows)", cancelled, rounds, got[0][0])
+		}
+	})
+}
+
+// --- class 6: token expiry
+
+// expiryLeeway is jwt.leeway in the expiry tests.
+const expiryLeeway = time.Second
+
+// TestAttack6TransactionOpenAtExpiry: a transaction (simple or extended,
+// explicit or a batch never synced, idle or running a long statement) is
+// open when the token expires. Within jwt.leeway it must be ended: in
+// Postgres, no backend of pgtoken is left inside it or running its
+// statement, and nothing it wrote is ever committed, whatever the client
+// sends afterwards.
+func TestAttack6TransactionOpenAtExpiry(t *testing.T) {
+	type variant struct {
+		name string
+		// open starts the transaction; finish tries to commit it later.
+		open   func(t *testing.T, r *rawClient, tag string)
+		finish []pgproto3.FrontendMessage
+	}
+	insert := func(tag string) string { return "insert into api.notes (body) values ('" + tag + "')" }
+	variants := []variant{
+		{"simple-begin-insert-idle", func(t *testing.T, r *rawClient, tag string) {
+			r.exchange(msgs(query("begin; " + insert(tag))))
+		}, msgs(query("insert into api.notes (body) values ('late'); commit"))},
+		{"extended-begin-insert-idle", func(t *testing.T, r *rawClient, tag string) {
+			r.exchange(msgs(pbe("begin"), pbe(insert(tag)), syncMsg))
+		}, msgs(pbe("commit"), syncMsg)},
+		{"extended-batch-never-synced", func(t *testing.T, r *rawClient, tag string) {
+			r.send(msgs(pbe(insert(tag)), flushMsg))
+		}, msgs(syncMsg)},
+		{"simple-long-statement-across-exp", func(t *testing.T, r *rawClient, tag string) {
+			r.send(msgs(query("begin; " + insert(tag) + "; select pg_sleep(5)")))
+		}, msgs(query("commit"))},
+		{"simple-one-query-commits-after-sleep", func(t *testing.T, r *rawClient, tag string) {
+			r.send(msgs(query(insert(tag) + "; select pg_sleep(5)")))
+		}, nil},
+	}
+	eachSetupAndMode(t, []dbSetup{setupLocked}, attackModes, func(t *testing.T, setup dbSetup, mode string) {
+		for _, v := range variants {
+			t.Run(v.name, func(t *testing.T) {
+				a := startAttack(t, setup, mode, func(c *config.Config) { c.JWT.Leeway = config.Duration(expiryLeeway) })
+				t.Parallel() // (mostly waiting for the clock)
+				exp := time.Now().Add(2 * time.Second).Truncate(time.Second).Add(time.Second)
+				tok := pgtest.Token(t, map[string]any{"role": "web_user", "sub": "alice", "exp": exp.Unix()})
+				r := a.raw(t, tok)
+				tag := "expiry-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+				v.open(t, r, tag)
+				waitFor(t, 5*time.Second, "the transaction never showed in pg_stat_activity", func() bool {
+					return len(a.backendsWhere("xact_start is not null")) > 0
+				})
+				time.Sleep(time.Until(exp.Add(expiryLeeway + 1500*time.Millisecond)))
+				if open := a.backendsWhere("xact_start is not null"); len(open) > 0 {
+					t.Errorf("LEAK: %s after the token's exp (leeway %s), Postgres still has the client's transaction open: %q",
+						time.Since(exp).Round(100*time.Millisecond), expiryLeeway, open)
+				}
+				if v.finish != nil {
+					_ = r.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
+					var b []byte
+					for _, m := range v.finish {
+						b, _ = m.Encode(b)
+					}
+					_, _ = r.nc.Write(b)
+				}
+				rp := r.readFor(2 * time.Second)
+				ended := false
+				for _, e := range rp.errs {
+					if e.Severity == "FATAL" {
+						ended = true
+						t.Logf("the client got FATAL %s %s", e.Code, e.Message)
+					}
+				}
+				if !ended {
+					t.Errorf("the client was not told FATAL (errors %q, rows %q)", rp.codes(), rp.rows)
+				}
+				if got := a.superuser("select count(*) from api.notes where body in ('" + tag + "', 'late')"); got[0][0] != "0" {
+					t.Errorf("LEAK: a transaction open at the token's exp committed: Postgres has %s of its rows", got[0][0])
+				}
+			})
 		}
 	})
 }
