@@ -19,11 +19,13 @@ package session_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -1213,6 +1215,247 @@ func TestAttack6TransactionOpenAtExpiry(t *testing.T) {
 					t.Errorf("LEAK: a transaction open at the token's exp committed: Postgres has %s of its rows", got[0][0])
 				}
 			})
+		}
+	})
+}
+
+// --- class 7: lock-out
+
+// loginWith logs in from a loopback source address with any password,
+// empty included.
+func (a *atk) loginWith(src, password string) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(a.env.DSN("placeholder"))
+	if err != nil {
+		return nil, err
+	}
+	cfg.Password = password
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	cfg.DialFunc = d.DialContext
+	cx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return pgconn.ConnectConfig(cx, cfg)
+}
+
+// TestAttack7FailedLoginsDoNotLockOutValidTokens: failed logins from one
+// address — empty passwords, garbage, bad signatures, a legitimate client
+// retrying its expired token — at and beyond limits.auth_failures_before_backoff
+// (5): a valid token from the same address must still log in and run as
+// itself, also while the failures go on.
+func TestAttack7FailedLoginsDoNotLockOutValidTokens(t *testing.T) {
+	badSig, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"role": "web_user", "sub": "x", "exp": time.Now().Add(time.Hour).Unix()}).
+		SignedString([]byte("not-the-secret-not-the-secret-00"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := pgtest.Token(t, map[string]any{"role": "web_user", "sub": "alice", "exp": time.Now().Add(-time.Minute).Unix()})
+	for _, v := range []struct {
+		name      string
+		passwords []string
+		src       string
+	}{
+		{"five-empty-passwords", []string{"", "", "", "", ""}, "127.0.0.1"},
+		{"five-garbage-passwords", []string{"x", "not a jwt", "a.b.c", "eyJ", "...."}, "127.0.0.1"},
+		{"five-bad-signatures", []string{badSig, badSig, badSig, badSig, badSig}, "127.0.0.1"},
+		{"five-expired-tokens-of-a-legitimate-client", []string{expired, expired, expired, expired, expired}, "127.0.0.1"},
+		{"twenty-mixed-from-another-address", []string{"", "x", badSig, expired, "", "x", badSig, expired, "", "x", badSig, expired, "", "x", badSig, expired, "", "x", badSig, expired}, "127.0.0.2"},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			a := startAttack(t, setupLocked, "transaction", func(c *config.Config) {
+				c.Limits.AuthFailuresBeforeBackoff = 5
+				c.Limits.AuthBackoff = config.Duration(30 * time.Second)
+			})
+			valid := func(what string) {
+				t.Helper()
+				c, err := a.loginWith(v.src, a.token("web_user", "alice"))
+				if err != nil {
+					t.Errorf("LOCKED OUT %s: a valid token from %s was refused: %v", what, v.src, err)
+					return
+				}
+				defer func() { _ = c.Close(ctx(t)) }()
+				a.probe(t, what, c, false, "web_user", "alice")
+			}
+			for _, p := range v.passwords {
+				if c, err := a.loginWith(v.src, p); err == nil {
+					_ = c.Close(ctx(t))
+					t.Fatalf("a bad password logged in: %q", p)
+				}
+			}
+			valid("after the failures")
+			// The failures go on while the valid client logs in.
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if c, err := a.loginWith(v.src, v.passwords[i%len(v.passwords)]); err == nil {
+						_ = c.Close(context.Background())
+					}
+				}
+			}()
+			for i := range 3 {
+				valid(fmt.Sprintf("during the failures (%d)", i))
+			}
+			close(stop)
+			<-done
+		})
+	}
+}
+
+// --- class 8: any database
+
+// TestAttack8OnlyConfiguredDatabases: a valid token asks for databases
+// pgtoken does not serve — postgres (every login may connect to it by
+// default), the templates, the served database in other case, unknown
+// names. Each is refused with 3D000 before a pool exists: Postgres shows
+// no backend of pgtoken's login in any other database, and pgtoken has
+// one pool, the served database's.
+func TestAttack8OnlyConfiguredDatabases(t *testing.T) {
+	eachAttackEnvOf(t, attackSetups, []string{"transaction"}, nil, func(t *testing.T, a *atk) {
+		tok := a.token("web_user", "mallory")
+		names := []string{"postgres", "template1", "template0", strings.ToUpper(a.env.DB), a.env.DB + " ", "app"}
+		for i := range 20 {
+			names = append(names, fmt.Sprintf("nonexistent_%d_%d", i, time.Now().UnixNano()))
+		}
+		for _, db := range names {
+			cfg, err := pgconn.ParseConfig(a.env.DSN(tok))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Database = db
+			c, err := pgconn.ConnectConfig(ctx(t), cfg)
+			if err == nil {
+				rows, qerr := simpleRows(t, c, "select current_database(), "+probeSQL[len("select "):])
+				t.Errorf("LEAK: a token opened database %q: %q (%v)", db, rows, qerr)
+				_ = c.Close(ctx(t))
+				continue
+			}
+			if pe := pgErr(err); pe == nil || pe.Code != "3D000" {
+				t.Errorf("database %q: %v, want 3D000", db, err)
+			}
+		}
+		if rows := a.superuser("select datname, count(*)::text from pg_stat_activity where usename = '" + a.login + "' and datname <> current_database() group by datname"); len(rows) > 0 {
+			t.Errorf("LEAK: Postgres has backends of pgtoken's login in other databases: %q", rows)
+		}
+		var pools []string
+		for _, p := range a.env.App.Server.Stats().Pools {
+			pools = append(pools, p.Database)
+		}
+		if len(pools) != 1 || pools[0] != a.env.DB {
+			t.Errorf("LEAK: pgtoken made pools for %q; want only %q", pools, a.env.DB)
+		}
+	})
+}
+
+// --- no false refusals
+
+// TestAttackOrdinarySQLNotRefused: what the fixes must keep working,
+// in both protocols, modes and setups: ON COMMIT DROP temporary tables
+// (where Postgres grants TEMPORARY; in the locked-down setup Postgres
+// itself refuses them), SET LOCAL, transaction-local set_config of an app
+// setting, literals and identifiers that look like commands or like
+// pgtoken's names, transaction-level advisory locks, NOTIFY, cursors and
+// savepoints inside a transaction, SQL PREPARE and protocol-level names
+// that contain "pgtoken". Each runs as the token and gives what Postgres
+// gives.
+func TestAttackOrdinarySQLNotRefused(t *testing.T) {
+	type variant struct {
+		name  string
+		stmts []string // one transaction: a Query string, or one batch
+		want  []string // the "val" rows, in order
+		temp  bool     // needs TEMPORARY: Postgres's own refusal is fine where it is not granted
+	}
+	variants := []variant{
+		{"create-temp-table-on-commit-drop", []string{"begin", "create temp table t_ok (id int) on commit drop", "insert into t_ok values (1)", "select 'val', count(*)::text from t_ok", "commit"}, []string{"1"}, true},
+		{"create-temp-table-pgtoken-in-name", []string{"begin", "create temporary table xpgtoken_prelude_5 (id int) on commit drop", "select 'val', count(*)::text from xpgtoken_prelude_5", "commit"}, []string{"0"}, true},
+		{"set-local-statement_timeout", []string{"begin", "set local statement_timeout = '5s'", "select 'val', current_setting('statement_timeout')", "commit"}, []string{"5s"}, false},
+		{"set_config-app-setting-local", []string{"select 'val', set_config('app.locale', 'de_DE', true)", "select 'val', current_setting('app.locale')"}, []string{"de_DE", "de_DE"}, false},
+		{"set_config-search_path-local", []string{"select 'val', set_config('search_path', 'api, public', true)"}, []string{"api, public"}, false},
+		{"literal-like-pgtoken-execute", []string{"select 'val', 'explain analyze execute pgtoken_prelude_5(''role'',''web_admin'')'"}, []string{"explain analyze execute pgtoken_prelude_5('role','web_admin')"}, false},
+		{"dollar-literal-like-commands", []string{"select 'val', $$commit; set role web_admin; listen x$$"}, []string{"commit; set role web_admin; listen x"}, false},
+		{"escape-literal-like-commands", []string{`select 'val', E'prepare transaction \'x\'; deallocate all; discard all'`}, []string{"prepare transaction 'x'; deallocate all; discard all"}, false},
+		{"concatenated-literal", []string{"select 'val', 'SE'||'T ROLE web_admin'"}, []string{"SET ROLE web_admin"}, false},
+		{"identifiers-containing-pgtoken", []string{`select 'val', xpgtoken_prelude_5.y::text from (select 1 as y) xpgtoken_prelude_5`, `select 'val', "my_pgtoken_s_1"::text from (select 2 as "my_pgtoken_s_1") s`}, []string{"1", "2"}, false},
+		{"advisory-xact-lock", []string{"select 'val', pg_advisory_xact_lock(7)::text"}, []string{""}, false},
+		{"notify", []string{"notify atk_chan, 'x'"}, nil, false},
+		{"cursor-in-transaction", []string{"begin", "declare c cursor for select 'val', 'fetched'", "fetch c", "close c", "commit"}, []string{"fetched"}, false},
+		{"savepoint", []string{"begin", "savepoint a", "select 'val', 'in savepoint'", "release a", "commit"}, []string{"in savepoint"}, false},
+		{"commit-and-chain", []string{"begin", "commit and chain", "select 'val', 'chained'", "commit"}, []string{"chained"}, false},
+		{"own-claim", []string{"select 'val', current_setting('jwt.claims.sub')"}, []string{"mallory"}, false},
+	}
+	eachAttackEnv(t, func(t *testing.T, a *atk) {
+		c := a.connect(t, a.token("web_user", "mallory"))
+		for _, v := range variants {
+			for _, extended := range []bool{false, true} {
+				name := v.name + map[bool]string{false: "/simple", true: "/extended"}[extended]
+				t.Run(name, func(t *testing.T) {
+					stmts := append([]string(nil), v.stmts...)
+					// The probe runs inside the transaction (before a final
+					// commit).
+					at := len(stmts)
+					if stmts[at-1] == "commit" {
+						at--
+					}
+					stmts = append(stmts[:at], append([]string{probeSQL}, stmts[at:]...)...)
+					var rows [][]string
+					var err error
+					if extended {
+						var res []*pgconn.Result
+						res, err = c.ExecBatch(ctx(t), batchOf(stmts...)).ReadAll()
+						rows = flatten(res)
+					} else {
+						rows, err = simpleRows(t, c, strings.Join(stmts, "; "))
+					}
+					if err != nil {
+						_, _ = simpleRows(t, c, "rollback")
+						if pe := pgErr(err); v.temp && a.setup == setupLocked && pe != nil && pe.Code == "42501" &&
+							strings.HasPrefix(pe.Message, "permission denied to create temporary tables in database") {
+							t.Logf("Postgres refuses TEMPORARY here: %v", err)
+							return
+						}
+						t.Fatalf("REFUSED: %v", err)
+					}
+					a.checkIdents(t, name, rows, "web_user", "mallory")
+					if len(identsOf(rows)) != 1 {
+						t.Errorf("the probe did not run: %q", rows)
+					}
+					var got []string
+					for _, r := range rows {
+						if len(r) == 2 && r[0] == "val" {
+							got = append(got, r[1])
+						}
+					}
+					if fmt.Sprint(got) != fmt.Sprint(v.want) {
+						t.Errorf("got %q, want %q", got, v.want)
+					}
+				})
+			}
+		}
+		// What was local stayed local.
+		rows, err := simpleRows(t, c, "select current_setting('statement_timeout'), coalesce(current_setting('app.locale', true), ''), current_setting('search_path')")
+		if err != nil || rows[0][0] != "0" || rows[0][1] != "" || rows[0][2] != "api, public" {
+			t.Errorf("after the transactions: %q (%v)", rows, err)
+		}
+		// Names with "pgtoken" inside: SQL PREPARE and protocol-level.
+		for _, sql := range []string{"prepare mypgtoken_q as select 'val', 'prepared'", "execute mypgtoken_q", "deallocate mypgtoken_q"} {
+			if _, err := simpleRows(t, c, sql); err != nil {
+				t.Errorf("REFUSED %s: %v", sql, err)
+			}
+		}
+		for _, name := range []string{"my_pgtoken_stmt", "Xpgtoken_prelude_5", "PGTOKEN"} {
+			if _, err := c.Prepare(ctx(t), name, probeSQL, nil); err != nil {
+				t.Errorf("REFUSED Parse %q: %v", name, err)
+				continue
+			}
+			r := c.ExecPrepared(ctx(t), name, nil, nil, nil).Read()
+			if r.Err != nil {
+				t.Errorf("REFUSED Bind/Execute %q: %v", name, r.Err)
+			}
+			a.checkIdents(t, "statement "+name, flatten([]*pgconn.Result{r}), "web_user", "mallory")
 		}
 	})
 }
