@@ -245,6 +245,21 @@ func (a *atk) backendsWhere(where string) [][]string {
 		where usename = '%s' and datname = current_database() and pid <> pg_backend_pid() and (%s)`, a.login, where))
 }
 
+// startActive runs sql on c in the background and returns once Postgres
+// shows it running (its text contains marker); the channel gets its error.
+func (a *atk) startActive(t *testing.T, c *pgconn.PgConn, sql, marker string) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(context.Background(), sql).ReadAll()
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the statement never ran: "+sql, func() bool {
+		return len(a.backendsWhere("state = 'active' and strpos(query, '"+marker+"') > 0")) == 1
+	})
+	return done
+}
+
 // logRows returns the attack_log rows whose tag starts with prefix: tag,
 // who, sub (NULL as "<none>"), pid.
 func (a *atk) logRows(prefix string) [][]string {

@@ -19,7 +19,6 @@ package session_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -474,14 +473,7 @@ func TestAttack2EscapedClientReadsAndCancelsOthers(t *testing.T) {
 		b := startAttack(t, a.setup, "transaction", nil)
 		secret := "bystander-secret-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 		by := b.connect(t, b.token("web_user", secret))
-		done := make(chan error, 1)
-		go func() {
-			_, err := by.Exec(ctx(t), "select pg_sleep(3); insert into api.attack_log(tag) values ('bystander-done')").ReadAll()
-			done <- err
-		}()
-		waitFor(t, 10*time.Second, "the bystander's query never ran", func() bool {
-			return len(b.backendsWhere("state = 'active' and query like '%pg_sleep(3)%'")) == 1
-		})
+		done := b.startActive(t, by, "select pg_sleep(3); insert into api.attack_log(tag) values ('bystander-done')", "pg_sleep(3)")
 		r := a.raw(t, a.token("web_anon", "anonymous"))
 		look := `select 'seen', query from pg_stat_activity where pid <> pg_backend_pid() and query like '%bystander-secret%'`
 		kill := `select 'cancel', pg_cancel_backend(pid)::text from pg_stat_activity where pid <> pg_backend_pid() and query like '%bystander-secret%'`
@@ -611,6 +603,17 @@ func TestAttack3RuntimeBuiltIdentityChange(t *testing.T) {
 	})
 }
 
+// runStmts runs statements as one Query (simple) or as one batch of
+// Parse/Bind/Execute (extended) and returns the rows Postgres sent.
+func runStmts(t *testing.T, c *pgconn.PgConn, extended bool, stmts []string) ([][]string, error) {
+	t.Helper()
+	if !extended {
+		return simpleRows(t, c, strings.Join(stmts, ";\n"))
+	}
+	res, err := c.ExecBatch(ctx(t), batchOf(stmts...)).ReadAll()
+	return flatten(res), err
+}
+
 // runAttack runs statements as one Query (simple) or as one batch of
 // Parse/Bind/Execute (extended), then checks what Postgres says they and
 // the client's next transaction ran as.
@@ -618,15 +621,8 @@ func (a *atk) runAttack(t *testing.T, c *pgconn.PgConn, what string, extended bo
 	t.Helper()
 	var rows [][]string
 	var err error
-	if extended {
-		var res []*pgconn.Result
-		res, err = c.ExecBatch(ctx(t), batchOf(stmts...)).ReadAll()
-		rows = flatten(res)
-		what += " (extended)"
-	} else {
-		rows, err = simpleRows(t, c, strings.Join(stmts, ";\n"))
-		what += " (simple)"
-	}
+	rows, err = runStmts(t, c, extended, stmts)
+	what += map[bool]string{false: " (simple)", true: " (extended)"}[extended]
 	t.Logf("%s: %v", what, err)
 	a.checkIdents(t, what, rows, "web_user", "mallory")
 	rows, err = simpleRows(t, c, probeSQL+"; "+rlsSQL)
@@ -665,13 +661,8 @@ func TestAttack3TempTableShadowsTodos(t *testing.T) {
 					if sp.before != "" {
 						stmts = append([]string{sp.before}, stmts...)
 					}
-					if extended {
-						_, err := c.ExecBatch(ctx(t), batchOf(stmts...)).ReadAll()
-						t.Logf("attack: %v", err)
-					} else {
-						_, err := simpleRows(t, c, strings.Join(stmts, ";\n"))
-						t.Logf("attack: %v", err)
-					}
+					_, err := runStmts(t, c, extended, stmts)
+					t.Logf("attack: %v", err)
 					attackerPID := a.probe(t, "the attacker", c, false, "web_user", "mallory")
 					if mode == "session" {
 						_ = c.Close(ctx(t))
@@ -679,7 +670,7 @@ func TestAttack3TempTableShadowsTodos(t *testing.T) {
 					// The victim writes and reads her todos.
 					note := "alice-secret-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 					v := a.connect(t, a.token("web_user", "alice"))
-					rows, err := simpleRows(t, v, "insert into todos (title) values ('"+note+"'); "+probeSQL+"; select 'seen', title from todos")
+					rows, err = simpleRows(t, v, "insert into todos (title) values ('"+note+"'); "+probeSQL+"; select 'seen', title from todos")
 					if err != nil {
 						t.Logf("victim: %v", err)
 					}
@@ -850,12 +841,7 @@ func TestAttack4SessionIdentityLeftByOwnerFunction(t *testing.T) {
 			t.Run(map[bool]string{false: "simple", true: "extended"}[extended], func(t *testing.T) {
 				a := startAttack(t, setup, mode, nil)
 				c := a.connect(t, a.token("web_user", "mallory"))
-				var err error
-				if extended {
-					_, err = extendedRows(t, c, sql)
-				} else {
-					_, err = simpleRows(t, c, sql)
-				}
+				_, err := runStmts(t, c, extended, []string{sql})
 				t.Logf("attack: %v", err)
 				pid := a.probe(t, "the attacker's next transaction", c, false, "web_user", "mallory")
 				if mode == "session" {
@@ -954,25 +940,28 @@ func TestAttack4WithHoldCursorLeftForNextClient(t *testing.T) {
 
 // --- class 5: cancel
 
-// cancelFlood sends CancelRequests with c's key until stop is closed;
-// it returns how many it sent.
-func cancelFlood(t *testing.T, addr string, pid uint32, key []byte, stop <-chan struct{}) <-chan int {
+// repeat calls f (with the count so far) until stop is closed, then
+// sends how many times it did.
+func repeat(stop <-chan struct{}, f func(i int)) <-chan int {
 	n := make(chan int, 1)
 	go func() {
-		sent := 0
-		for {
+		for i := 0; ; i++ {
 			select {
 			case <-stop:
-				n <- sent
+				n <- i
 				return
 			default:
 			}
-			if err := sendCancel(addr, pid, key); err == nil {
-				sent++
-			}
+			f(i)
 		}
 	}()
 	return n
+}
+
+// cancelFlood sends CancelRequests with a client's key until stop is
+// closed.
+func cancelFlood(addr string, pid uint32, key []byte, stop <-chan struct{}) <-chan int {
+	return repeat(stop, func(int) { _ = sendCancel(addr, pid, key) })
 }
 
 // TestAttack5CancelFloodHitsOnlyItsOwnQueries: a client floods
@@ -988,49 +977,29 @@ func TestAttack5CancelFloodHitsOnlyItsOwnQueries(t *testing.T) {
 		stop := make(chan struct{})
 		var floods []<-chan int
 		for range 3 {
-			floods = append(floods, cancelFlood(t, a.env.App.Addr(), attacker.PID(), attacker.SecretKey(), stop))
+			floods = append(floods, cancelFlood(a.env.App.Addr(), attacker.PID(), attacker.SecretKey(), stop))
 		}
-		attackerDone := make(chan int, 1)
-		go func() {
-			n := 0
-			for {
-				select {
-				case <-stop:
-					attackerDone <- n
-					return
-				default:
-				}
-				q := "select 1"
-				if n%2 == 1 {
-					q = "select pg_sleep(0.01)" // a query in flight for the cancels to aim at
-				}
-				_, _ = attacker.Exec(context.Background(), q).ReadAll()
-				n++
+		attackerDone := repeat(stop, func(n int) {
+			q := "select 1"
+			if n%2 == 1 {
+				q = "select pg_sleep(0.01)" // a query in flight for the cancels to aim at
 			}
-		}()
+			_, _ = attacker.Exec(context.Background(), q).ReadAll()
+		})
 		type result struct{ ok, cancelled, other int }
-		innocentDone := make(chan result, 1)
-		go func() {
-			var r result
-			for {
-				select {
-				case <-stop:
-					innocentDone <- r
-					return
-				default:
-				}
-				_, err := innocent.Exec(context.Background(), "insert into api.attack_log (tag) values ('innocent')").ReadAll()
-				switch pe := pgErr(err); {
-				case err == nil:
-					r.ok++
-				case pe != nil && pe.Code == "57014":
-					r.cancelled++
-				default:
-					r.other++
-					t.Logf("innocent: %v", err)
-				}
+		var inn result
+		innocentDone := repeat(stop, func(int) {
+			_, err := innocent.Exec(context.Background(), "insert into api.attack_log (tag) values ('innocent')").ReadAll()
+			switch pe := pgErr(err); {
+			case err == nil:
+				inn.ok++
+			case pe != nil && pe.Code == "57014":
+				inn.cancelled++
+			default:
+				inn.other++
+				t.Logf("innocent: %v", err)
 			}
-		}()
+		})
 		const sleeps = 5
 		victimCancelled := 0
 		for i := range sleeps {
@@ -1046,7 +1015,7 @@ func TestAttack5CancelFloodHitsOnlyItsOwnQueries(t *testing.T) {
 		for _, f := range floods {
 			sent += <-f
 		}
-		inn := <-innocentDone
+		<-innocentDone
 		t.Logf("attacker: %d queries, %d cancel requests; innocent: %+v", <-attackerDone, sent, inn)
 		got := a.superuser("select count(*) filter (where tag like 'victim-%'), count(*) filter (where tag = 'innocent') from api.attack_log")
 		if victimCancelled > 0 || got[0][0] != strconv.Itoa(sleeps) {
@@ -1066,14 +1035,7 @@ func TestAttack5CancelWhileWaitingForServerConnection(t *testing.T) {
 	eachAttackEnvOf(t, []dbSetup{setupLocked}, []string{"transaction"}, nil, func(t *testing.T, a *atk) {
 		victim := a.connect(t, a.token("web_user", "alice"))
 		attacker := a.connect(t, a.token("web_user", "mallory"))
-		victimErr := make(chan error, 1)
-		go func() {
-			_, err := victim.Exec(ctx(t), "select pg_sleep(2); insert into api.attack_log (tag) values ('victim-slept')").ReadAll()
-			victimErr <- err
-		}()
-		waitFor(t, 10*time.Second, "the victim's sleep never ran", func() bool {
-			return len(a.backendsWhere("state = 'active' and query like '%pg_sleep(2)%'")) == 1
-		})
+		victimErr := a.startActive(t, victim, "select pg_sleep(2); insert into api.attack_log (tag) values ('victim-slept')", "pg_sleep(2)")
 		attackerErr := make(chan error, 1)
 		go func() {
 			_, err := attacker.Exec(ctx(t), "insert into api.attack_log (tag) values ('cancelled-while-waiting')").ReadAll()
@@ -1115,7 +1077,7 @@ func TestAttack5CancelArrivesAfterHandOver(t *testing.T) {
 			stop := make(chan struct{})
 			var floods []<-chan int
 			for range 2 {
-				floods = append(floods, cancelFlood(t, a.env.App.Addr(), attacker.PID(), attacker.SecretKey(), stop))
+				floods = append(floods, cancelFlood(a.env.App.Addr(), attacker.PID(), attacker.SecretKey(), stop))
 			}
 			_, _ = attacker.Exec(ctx(t), "select pg_sleep(0.05)").ReadAll()
 			_ = attacker.Close(ctx(t))
@@ -1222,18 +1184,9 @@ func TestAttack6TransactionOpenAtExpiry(t *testing.T) {
 // --- class 7: lock-out
 
 // loginWith logs in from a loopback source address with any password,
-// empty included.
+// empty included (quoted for the connection string).
 func (a *atk) loginWith(src, password string) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(a.env.DSN("placeholder"))
-	if err != nil {
-		return nil, err
-	}
-	cfg.Password = password
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
-	cfg.DialFunc = d.DialContext
-	cx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	return pgconn.ConnectConfig(cx, cfg)
+	return connectFrom(a.env, src, "'"+strings.NewReplacer(`\`, `\\`, "'", `\'`).Replace(password)+"'")
 }
 
 // TestAttack7FailedLoginsDoNotLockOutValidTokens: failed logins from one
@@ -1401,15 +1354,7 @@ func TestAttackOrdinarySQLNotRefused(t *testing.T) {
 						at--
 					}
 					stmts = append(stmts[:at], append([]string{probeSQL}, stmts[at:]...)...)
-					var rows [][]string
-					var err error
-					if extended {
-						var res []*pgconn.Result
-						res, err = c.ExecBatch(ctx(t), batchOf(stmts...)).ReadAll()
-						rows = flatten(res)
-					} else {
-						rows, err = simpleRows(t, c, strings.Join(stmts, "; "))
-					}
+					rows, err := runStmts(t, c, extended, stmts)
 					if err != nil {
 						_, _ = simpleRows(t, c, "rollback")
 						if pe := pgErr(err); v.temp && a.setup == setupLocked && pe != nil && pe.Code == "42501" &&
