@@ -25,6 +25,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/app"
 	"github.com/pgtoken/pgtoken/internal/config"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
+	"github.com/pgtoken/pgtoken/internal/testpg"
 )
 
 // dbSetup is how the database behind pgtoken is set up.
@@ -151,6 +152,13 @@ func eachSetupAndMode(t *testing.T, setups []dbSetup, modes []string, fn func(t 
 func startAttack(t *testing.T, setup dbSetup, mode string, mutate func(*config.Config)) *atk {
 	t.Helper()
 	pg, db := pgtest.NewDB(t)
+	return startAttackOn(t, pg, db, setup, mode, mutate)
+}
+
+// startAttackOn is startAttack on a database of a cluster the test chose
+// (with the schema applied).
+func startAttackOn(t *testing.T, pg *testpg.Cluster, db string, setup dbSetup, mode string, mutate func(*config.Config)) *atk {
+	t.Helper()
 	sql := attackOwnerSQL
 	login := "authenticator"
 	if setup == setupLocked {
@@ -333,13 +341,9 @@ func simpleRows(t *testing.T, c *pgconn.PgConn, sql string) ([][]string, error) 
 }
 
 // extendedRows runs one statement with the extended protocol.
-func extendedRows(t *testing.T, c *pgconn.PgConn, sql string, args ...string) ([][]string, error) {
+func extendedRows(t *testing.T, c *pgconn.PgConn, sql string) ([][]string, error) {
 	t.Helper()
-	var params [][]byte
-	for _, a := range args {
-		params = append(params, []byte(a))
-	}
-	r := c.ExecParams(ctx(t), sql, params, nil, nil, nil).Read()
+	r := c.ExecParams(ctx(t), sql, nil, nil, nil, nil).Read()
 	return flatten([]*pgconn.Result{r}), r.Err
 }
 
@@ -466,11 +470,9 @@ func (a *atk) thenVictim(t *testing.T, leave func(), attackerPID string, o clean
 // --- a client that speaks the protocol message by message
 
 type rawClient struct {
-	t   *testing.T
-	nc  net.Conn
-	fe  *pgproto3.Frontend
-	pid uint32
-	key []byte
+	t  *testing.T
+	nc net.Conn
+	fe *pgproto3.Frontend
 }
 
 func (r *rawClient) close() { _ = r.nc.Close() }
@@ -484,7 +486,7 @@ func (a *atk) raw(t *testing.T, tok string) *rawClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = hc.Conn.Close() })
-	return &rawClient{t: t, nc: hc.Conn, fe: hc.Frontend, pid: hc.PID, key: hc.SecretKey}
+	return &rawClient{t: t, nc: hc.Conn, fe: hc.Frontend}
 }
 
 // msgs flattens messages and lists of messages.
@@ -504,12 +506,8 @@ func msgs(items ...any) []pgproto3.FrontendMessage {
 }
 
 // pbe is Parse, Bind and Execute of sql in the unnamed statement and portal.
-func pbe(sql string, args ...string) []pgproto3.FrontendMessage {
-	var params [][]byte
-	for _, a := range args {
-		params = append(params, []byte(a))
-	}
-	return []pgproto3.FrontendMessage{&pgproto3.Parse{Query: sql}, &pgproto3.Bind{Parameters: params}, &pgproto3.Execute{}}
+func pbe(sql string) []pgproto3.FrontendMessage {
+	return []pgproto3.FrontendMessage{&pgproto3.Parse{Query: sql}, &pgproto3.Bind{}, &pgproto3.Execute{}}
 }
 
 func query(sql string) *pgproto3.Query { return &pgproto3.Query{String: sql} }
@@ -518,19 +516,6 @@ var (
 	syncMsg  = &pgproto3.Sync{}
 	flushMsg = &pgproto3.Flush{}
 )
-
-// readies counts the ReadyForQuery answers messages get: one per Query,
-// FunctionCall and Sync.
-func readies(ms []pgproto3.FrontendMessage) int {
-	n := 0
-	for _, m := range ms {
-		switch m.(type) {
-		case *pgproto3.Query, *pgproto3.FunctionCall, *pgproto3.Sync:
-			n++
-		}
-	}
-	return n
-}
 
 // send writes messages in one write.
 func (r *rawClient) send(ms []pgproto3.FrontendMessage) {
@@ -669,20 +654,6 @@ func (r *rawClient) receive(rp *reply, d time.Duration) (pgproto3.BackendMessage
 	return m, true
 }
 
-// read reads until n ReadyForQuery, the connection's end or d.
-func (r *rawClient) read(n int, d time.Duration) reply {
-	r.t.Helper()
-	var rp reply
-	_ = r.nc.SetReadDeadline(time.Now().Add(d))
-	defer func() { _ = r.nc.SetReadDeadline(time.Time{}) }()
-	for rp.ready < n {
-		if _, ok := r.receive(&rp, d); !ok {
-			break
-		}
-	}
-	return rp
-}
-
 // readFor reads whatever comes for d or until the connection ends; a
 // silent connection is no failure here.
 func (r *rawClient) readFor(d time.Duration) reply {
@@ -710,11 +681,8 @@ func (r *rawClient) readFor(d time.Duration) reply {
 	}
 }
 
-// cancel sends a CancelRequest with this client's key, as a client would.
-func (r *rawClient) cancel(addr string) error {
-	return sendCancel(addr, r.pid, r.key)
-}
-
+// sendCancel sends a CancelRequest for the session pid/key, as a client
+// would, and waits until the far end has acted (closed the socket).
 func sendCancel(addr string, pid uint32, key []byte) error {
 	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {

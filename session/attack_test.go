@@ -19,6 +19,7 @@ package session_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/pgtoken/pgtoken/internal/config"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
+	"github.com/pgtoken/pgtoken/internal/testpg"
 )
 
 // --- class 1: pgtoken's own statements are callable
@@ -389,6 +391,62 @@ func TestAttack2TransactionEndsMidBatchOrString(t *testing.T) {
 	})
 }
 
+// TestAttack2PrepareTransactionMidBatchOrString: on a server that allows
+// prepared transactions, PREPARE TRANSACTION ends the transaction in the
+// middle of a batch or a Query string; what follows runs as the token.
+func TestAttack2PrepareTransactionMidBatchOrString(t *testing.T) {
+	pg := testpg.New(t, testpg.Options{Settings: map[string]string{"max_prepared_transactions": "10"}})
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i, mode := range attackModes {
+		db := fmt.Sprintf("app%d", i)
+		if err := pg.CreateDatabase(c, db); err != nil {
+			t.Fatal(err)
+		}
+		if err := pg.ApplySQLFile(c, db, filepath.Join(pgtest.Root(), "testdata", "sql", "schema.sql")); err != nil {
+			t.Fatal(err)
+		}
+		t.Run("locked/"+mode, func(t *testing.T) {
+			a := startAttackOn(t, pg, db, setupLocked, mode, nil)
+			r := a.raw(t, a.token("web_user", "mallory"))
+			gid := 0
+			next := func() string { gid++; return fmt.Sprintf("'atk_%s_%d'", mode, gid) }
+			for _, v := range []struct {
+				name string
+				ms   func() []pgproto3.FrontendMessage
+			}{
+				{"extended-after-begin", func() []pgproto3.FrontendMessage {
+					return msgs(pbe("begin"), pbe(probeSQL), pbe("prepare transaction "+next()), pbe(probeSQL), pbe(rlsSQL), syncMsg)
+				}},
+				{"extended-ends-batch", func() []pgproto3.FrontendMessage {
+					return msgs(pbe("begin"), pbe("PREPARE TRANSACTION "+next()), syncMsg, pbe(probeSQL), syncMsg)
+				}},
+				{"extended-then-query", func() []pgproto3.FrontendMessage {
+					return msgs(pbe("begin"), pbe("prepare transaction "+next()), query(probeSQL), pbe(probeSQL), syncMsg)
+				}},
+				{"simple-mid-string", func() []pgproto3.FrontendMessage {
+					return msgs(query("begin; " + probeSQL + "; prepare transaction " + next() + "; " + probeSQL + "; " + rlsSQL))
+				}},
+				{"simple-mid-string-comments", func() []pgproto3.FrontendMessage {
+					return msgs(query("begin; prepare /* x */ transaction " + next() + " -- ;\n; " + probeSQL))
+				}},
+			} {
+				t.Run(v.name, func(t *testing.T) {
+					rp := r.exchange(v.ms())
+					t.Logf("errors: %q; %d probes ran", rp.codes(), len(identsOf(rp.rows)))
+					a.checkIdents(t, v.name, rp.rows, "web_user", "mallory")
+					rp = r.exchange(msgs(query(probeSQL + "; " + rlsSQL)))
+					a.checkIdents(t, v.name+", the next query", rp.rows, "web_user", "mallory")
+					_ = r.exchange(msgs(query("rollback")))
+				})
+			}
+			for _, row := range a.superuser("select gid from pg_prepared_xacts where database = current_database()") {
+				a.superuser("rollback prepared '" + row[0] + "'")
+			}
+		})
+	}
+}
+
 // TestAttack2ProcedureThatCommits: CALL of an owner-written procedure that
 // writes a row, COMMITs and writes another. In both protocols every row it
 // writes is written as the token (or the CALL fails before anything is
@@ -718,6 +776,7 @@ type leftoverVariant struct {
 	extended bool
 	sql      []string
 	args     []string
+	claims   []any // more claims of the attacker's token (name, value pairs)
 }
 
 // leaveForNext runs each variant in a fresh database and pgtoken per setup
@@ -728,7 +787,7 @@ func leaveForNext(t *testing.T, variants []leftoverVariant) {
 		for _, v := range variants {
 			t.Run(v.name, func(t *testing.T) {
 				a := startAttack(t, setup, mode, nil)
-				c := a.connect(t, a.token("web_user", "mallory"))
+				c := a.connect(t, a.token("web_user", "mallory", v.claims...))
 				var err error
 				if v.extended {
 					b := &pgconn.Batch{}
@@ -795,6 +854,21 @@ func TestAttack4SettingsLeftForNextClient(t *testing.T) {
 		leftoverVariant{name: "set_config-is_local-bound/extended", extended: true, sql: []string{"select set_config('app.x', $1, $2)"}, args: []string{leftValue, "false"}},
 		leftoverVariant{name: "owner-function-bound-name/extended", extended: true, sql: []string{"select api.remember($1, $2)"}, args: []string{"app.y", leftValue}},
 	))
+}
+
+// TestAttack4NoTransactionBlockStatementsLeaveNothing: statements that
+// cannot run in a transaction block (VACUUM, CREATE INDEX CONCURRENTLY)
+// run with the role and claims set at session level around them; when
+// they fail, nothing of that may stay — the attacker's token carries a
+// claim the next client's does not.
+func TestAttack4NoTransactionBlockStatementsLeaveNothing(t *testing.T) {
+	extra := []any{"extra", leftValue}
+	var vs []leftoverVariant
+	for _, q := range []string{"vacuum api.notes", "vacuum api.nonexistent", "VACUUM (ANALYZE, bogus_option) api.notes",
+		"vacuum api.todos, api.nonexistent", "create index concurrently on api.notes (body)", "analyze api.notes"} {
+		vs = append(vs, leftoverVariant{name: strings.ReplaceAll(q, " ", "-"), sql: []string{q}, claims: extra})
+	}
+	leaveForNext(t, vs)
 }
 
 // TestAttack4SequenceValueLeftForNextClient: nextval (directly or by an
