@@ -1375,6 +1375,13 @@ func TestAttack8OnlyConfiguredDatabases(t *testing.T) {
 		if len(pools) != 1 || pools[0] != a.env.DB {
 			t.Errorf("LEAK: pgtoken made pools for %q; want only %q", pools, a.env.DB)
 		}
+		// A server connection left in template1 would make every later
+		// CREATE DATABASE on the shared cluster fail: stop pgtoken now and
+		// wait for its backends to go.
+		_ = a.env.App.Close()
+		waitFor(t, 10*time.Second, "pgtoken's backends in other databases did not go away", func() bool {
+			return len(a.superuser("select 1 from pg_stat_activity where usename = '"+a.login+"' and datname <> current_database()")) == 0
+		})
 	})
 }
 
