@@ -56,8 +56,10 @@ func preludeStatements(t *testing.T, rows [][]string) map[string]int {
 	return out
 }
 
+// listPreludesSQL finds pgtoken's statements on the backend however they
+// are named: by name, or by what they do.
 const listPreludesSQL = `select name, coalesce(array_length(parameter_types, 1), 0)::text from pg_prepared_statements
-	where name ilike '%pgtoken%prelude%' order by name`
+	where name ilike '%pgtoken%' or statement ilike '%set_config%' order by name`
 
 // preludeArgs is what the attacker binds into a prelude statement of n
 // settings: the role it wants, the victim's sub, then padding.
