@@ -278,16 +278,14 @@ func (s *Session) kill(c *pool.Conn) {
 	s.letGo(c, true)
 }
 
-// waitQuiet flushes what was written and waits until every answer on the
-// attached conn is in (or the conn is gone).
-func (s *Session) waitQuiet() {
-	if c := s.wconn; c != nil {
-		s.flushServer(c)
-	}
-	_ = s.flushClient()
+// waitSettled flushes what was written and waits until every sync point
+// sent on the attached conn is answered (or the conn is gone). It never
+// waits for the answers to a batch without its Sync: the server may hold
+// them until the client sends more.
+func (s *Session) waitSettled() {
 	s.mu.Lock()
-	for s.conn != nil && !s.t.Quiet() {
-		s.cond.Wait()
+	if c := s.conn; c != nil {
+		s.waitFor(c, s.settled)
 	}
 	s.mu.Unlock()
 }
@@ -343,7 +341,21 @@ func sortedKeys[V any](m map[string]V) []string {
 // answer gives the client bytes pgtoken answers itself, in order with what
 // the server still owes it (rfq adds a ReadyForQuery); purpose and ref
 // come back in a completion once the answer is given (under mu).
+//
+// An answer to a Query while the client's batch is open on the server
+// (a Query between extended messages, before their Sync) goes to the
+// server as an empty Query whose answers it stands in for: Postgres ends
+// the batch's transaction at a Query, and flushes what it owes.
 func (s *Session) answer(b []byte, rfq bool, purpose tracker.Purpose, ref any) {
+	if c := s.conn; rfq && c != nil && s.t.InBatch() {
+		s.t.Query(nil, nil)
+		s.writing = true
+		s.wconn = c
+		beginQuery(c)
+		s.t.Push(tracker.Unit{Kind: tracker.Query, Answer: append([]byte(nil), b...), Purpose: purpose, Ref: ref})
+		c.W.Query("")
+		return
+	}
 	s.out.buf = s.t.Answer(s.out.buf, b, rfq, purpose, ref)
 	s.handleDone()
 }

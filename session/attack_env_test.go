@@ -433,7 +433,9 @@ func (a *atk) nextClientClean(t *testing.T, role, sub, attackerPID string, o cle
 	}
 	if secrets := o.secrets; len(secrets) > 0 {
 		rows, err := one("select name, statement from pg_prepared_statements")
-		if err != nil {
+		if pe := pgErr(err); pe != nil && pe.Code == "42501" {
+			rows = nil // pgtoken refuses to list them: nothing to read
+		} else if err != nil {
 			t.Errorf("reading pg_prepared_statements: %v", err)
 		}
 		for _, r := range rows {

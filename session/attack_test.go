@@ -48,8 +48,10 @@ func preludeStatements(t *testing.T, rows [][]string) map[string]int {
 		}
 	}
 	if len(out) == 0 {
+		// pgtoken refuses to list them: try the names it uses.
 		for n := 1; n <= 8; n++ {
 			out["pgtoken_prelude_"+strconv.Itoa(n)] = n
+			out["pgtoken_session_"+strconv.Itoa(n)] = n
 		}
 	}
 	t.Logf("prelude statements on the attacker's backend: %v", out)
@@ -142,10 +144,9 @@ func TestAttack1PreludeStatementRunFromSQL(t *testing.T) {
 		if _, err := extendedRows(t, c, "select 1"); err != nil {
 			t.Fatal(err)
 		}
-		rows, err := simpleRows(t, c, listPreludesSQL)
-		if err != nil {
-			t.Fatal(err)
-		}
+		// pgtoken may refuse to list the statements on the connection
+		// (pg_prepared_statements): the names it uses are tried then.
+		rows, _ := simpleRows(t, c, listPreludesSQL)
 		stmts := preludeStatements(t, rows)
 		attackerPID := ""
 		for _, sp := range preludeSpellings {

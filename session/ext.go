@@ -39,15 +39,17 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 	s.mu.Unlock()
 	body := frame[5:]
 	var m extMsg
-	if err := s.readExtended(typ, body, &m); err != nil {
+	if err := s.readExtended(typ, body, &m, false); err != nil {
 		return err
 	}
 	if m.wait {
 		// A Parse reuses the name of a statement whose own Parse is still
-		// unanswered: whether the name is free depends on that answer.
-		s.waitQuiet()
+		// unanswered: whether the name is free depends on that answer,
+		// once it is in. (If that Parse is in this very batch, the name is
+		// taken: had it failed, the server would skip this one anyway.)
+		s.waitSettled()
 		m = extMsg{}
-		if err := s.readExtended(typ, body, &m); err != nil {
+		if err := s.readExtended(typ, body, &m, true); err != nil {
 			return err
 		}
 	}
@@ -159,7 +161,7 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 }
 
 // readExtended decodes and checks one extended-protocol message.
-func (s *Session) readExtended(typ byte, body []byte, m *extMsg) error {
+func (s *Session) readExtended(typ byte, body []byte, m *extMsg, waited bool) error {
 	switch typ {
 	case 'P':
 		name, query, ok := wire.ParseHead(body)
@@ -195,7 +197,7 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg) error {
 			old := s.stmts[n]
 			s.mu.Unlock()
 			switch {
-			case old != nil && old.unconfirmed:
+			case old != nil && old.unconfirmed && !waited:
 				m.wait = true
 				return nil
 			case old != nil:

@@ -185,9 +185,7 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 		}
 		return true, s.resetSettings("RESET")
 	case sqlscan.KindDeallocate:
-		if s.inFlight() {
-			s.waitQuiet() // a pipelined PREPARE's outcome decides
-		}
+		s.waitSettled() // a pipelined PREPARE's outcome decides
 		s.mu.Lock()
 		existed := true
 		if st.Name == "" {
@@ -206,13 +204,6 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 		return true, s.localAnswer(wire.AppendCommandComplete(nil, "DEALLOCATE"), true)
 	}
 	return false, nil
-}
-
-// inFlight reports whether answers are outstanding on the attached conn.
-func (s *Session) inFlight() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conn != nil && !s.t.Quiet()
 }
 
 // inTransaction reports whether the client is inside a transaction (or may

@@ -45,6 +45,7 @@ const (
 	reasonNUL            = "a query must not contain a NUL byte"
 	reasonUnreadableBody = "a function body pgtoken cannot decode is not allowed"
 	reasonReserved       = "names beginning with pgtoken_ are reserved for pgtoken's own statements and portals"
+	reasonDynamicSQL     = "a function body that runs SQL built at run time (EXECUTE of anything but one string literal) is not allowed through pgtoken"
 	reasonPrepared       = "pg_prepared_statements is not available through pgtoken: it would list the statements of other clients sharing the server connection"
 )
 
@@ -503,6 +504,14 @@ func (p *Policy) scanBody(b string, depth int) string {
 			continue
 		}
 		set, reset := isKeyword(b, t, "set"), isKeyword(b, t, "reset")
+		if t.isName() {
+			if r := reservedName(l, t); r != "" {
+				return "in a function body: " + r
+			}
+		}
+		if isKeyword(b, t, "execute") && !staticExecute(l) {
+			return reasonDynamicSQL
+		}
 		switch {
 		case t.isName() && nameIs(b, t, "set_config"):
 			return "a function body that calls set_config is not allowed through pgtoken"
@@ -713,4 +722,22 @@ func reservedName(l lexer, t token) string {
 		return reasonPrepared
 	}
 	return ""
+}
+
+// staticExecute reports whether the EXECUTE just read (l is positioned
+// after it) runs fixed text: PL/pgSQL's EXECUTE of one string literal
+// (followed by INTO, USING or the end of the statement), or a trigger's
+// EXECUTE FUNCTION|PROCEDURE. Anything else builds its statement at run
+// time, where the guard cannot see it.
+func staticExecute(l lexer) bool {
+	s := l.s
+	t := l.next()
+	if isKeyword(s, t, "function") || isKeyword(s, t, "procedure") {
+		return true
+	}
+	if !t.isString() {
+		return false
+	}
+	n := l.next()
+	return n.kind == tEOF || isSelf(s, n, ';') || isKeyword(s, n, "into") || isKeyword(s, n, "using")
 }

@@ -34,3 +34,28 @@ func TestReservedNames(t *testing.T) {
 		}
 	}
 }
+
+// Objects created in the temporary schema outlive the transaction, in any
+// spelling of its name.
+func TestTempSchemaSpellings(t *testing.T) {
+	for _, tc := range []struct {
+		sql  string
+		temp bool
+	}{
+		{"create function pg_temp.f() returns int language sql as 'select 1'", true},
+		{`create function "pg_temp".f() returns int language sql as 'select 1'`, true},
+		{`create function U&"pg\005ftemp".f() returns int language sql as 'select 1'`, true},
+		{"create table PG_TEMP.todos (id int)", true},
+		{"create table pg_temp_3.todos (id int)", true},
+		{`create table "pg_temp_12".todos (id int)`, true},
+		{"create table pg_temporary.todos (id int)", false},
+		{"create table pg_temp_x.todos (id int)", false},
+		{`create table "PG_TEMP".todos (id int)`, false},
+		{"create table api.todos2 (id int)", false},
+	} {
+		st := Split(tc.sql, nil)
+		if got := len(st) == 1 && st[0].Flags&FlagTempObject != 0; got != tc.temp {
+			t.Errorf("%s: temporary %v, want %v", tc.sql, got, tc.temp)
+		}
+	}
+}

@@ -175,7 +175,7 @@ func (st *stmtState) add(l *lexer, t token) {
 				st.paren--
 			}
 		case '.':
-			if isKeyword(s, st.prev, "pg_temp") || st.prev.kind == tQIdent && s[st.prev.start:st.prev.end] == `"pg_temp"` {
+			if isTempSchema(l, st.prev) {
 				st.pgTempDot = true
 			}
 		}
@@ -760,4 +760,41 @@ func SetConfigNames(text string, st *Statement) []string {
 		}
 		prev = t
 	}
+}
+
+// isTempSchema reports whether name token t names the session's temporary
+// schema in any spelling: pg_temp, or its real name pg_temp_N, quoted,
+// U&-escaped or in any case when unquoted.
+func isTempSchema(l *lexer, t token) bool {
+	const temp = "pg_temp"
+	var v string
+	switch t.kind {
+	case tIdent:
+		v = l.s[t.start:t.end]
+		if len(v) < len(temp) || !equalFold(v[:len(temp)], temp) {
+			return false
+		}
+	case tQIdent, tUIdent:
+		c := *l
+		d, ok := identValue(&c, t)
+		if !ok || len(d) < len(temp) || d[:len(temp)] != temp {
+			return false
+		}
+		v = d
+	default:
+		return false
+	}
+	rest := v[len(temp):]
+	if rest == "" {
+		return true
+	}
+	if rest[0] != '_' || len(rest) == 1 {
+		return false
+	}
+	for i := 1; i < len(rest); i++ {
+		if rest[i] < '0' || rest[i] > '9' {
+			return false
+		}
+	}
+	return true
 }

@@ -335,6 +335,9 @@ func (t *Tracker) readyForQuery(out []byte, u *Unit, body []byte) ([]byte, error
 		}
 	}
 	if u.Own == OwnClient {
+		if !t.errored {
+			out = append(out, u.Answer...)
+		}
 		r := wire.ReadyForQuery(st)
 		out = append(out, r[:]...)
 	}

@@ -97,6 +97,12 @@ type Unit struct {
 	Bytes []byte
 	RFQ   bool
 
+	// Answer, for a client's Query unit, is what the client is told in
+	// place of the server's answers, before the server's ReadyForQuery
+	// (pgtoken answered the client's Query itself but sent the server a
+	// stand-in, which must run where the client's Query would have).
+	Answer []byte
+
 	// Collect keeps the DataRow bodies of a Maint query in Done.Rows.
 	Collect bool
 
@@ -126,7 +132,7 @@ func (u *Unit) syncPoint() bool {
 // ownCompletion reports whether the i-th statement completion (0-based) of
 // a Query unit is pgtoken's.
 func (u *Unit) ownCompletion(i int) bool {
-	if u.Own != OwnClient {
+	if u.Own != OwnClient || u.Answer != nil {
 		return true
 	}
 	if u.Segs == nil {
