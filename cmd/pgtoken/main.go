@@ -2,7 +2,7 @@
 // password and runs every transaction under the token's role and claims.
 //
 //	pgtoken serve --config FILE      run the proxy
-//	pgtoken check --config FILE      validate and print the effective config
+//	pgtoken check --config FILE      load it as serve would, print it, check the upstream
 //	pgtoken keygen --alg EdDSA       print a JWKS holding a new private key
 //	pgtoken mint --key FILE --claims JSON --ttl 1h
 //	pgtoken version
@@ -31,6 +31,7 @@ import (
 	"github.com/pgtoken/pgtoken/authn"
 	"github.com/pgtoken/pgtoken/internal/app"
 	"github.com/pgtoken/pgtoken/internal/config"
+	"github.com/pgtoken/pgtoken/session"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -50,7 +51,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "serve":
 		err = serve(args[1:], stderr)
 	case "check":
-		err = check(args[1:], stdout)
+		err = check(args[1:], stdout, stderr)
 	case "keygen":
 		err = keygen(args[1:], stdout)
 	case "mint":
@@ -80,7 +81,9 @@ func usage(w io.Writer) {
 commands:
   serve   --config FILE   run the proxy (flags override PGTOKEN_* variables, which override the file);
                           SIGHUP reloads, SIGTERM drains (shutdown_timeout), SIGINT stops at once
-  check   --config FILE   validate the configuration and print it with secrets redacted
+  check   --config FILE   load the configuration as serve does (keys, JWKS, certificates), print it with
+                          secrets redacted, and run the lock-down checks against the live upstream
+                          (--offline: not the upstream); exits 1 if anything fails
   keygen  --alg ALG       print a JWKS with a new private key (EdDSA, ES256, RS256, HS256)
   mint    --key FILE --claims JSON [--ttl 1h]   print a signed token
   version                 print the version
@@ -212,9 +215,11 @@ func runSignals(a *app.App, sigs <-chan os.Signal, log *zap.Logger) error {
 	}
 }
 
-func check(args []string, stdout io.Writer) error {
+func check(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	cf := addConfigFlags(fs)
+	offline := fs.Bool("offline", false, "load the configuration, keys and certificates, but do not connect to the upstream")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -225,12 +230,72 @@ func check(args []string, stdout io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
+	// What serve would warn about goes to stderr, as serve logs it.
+	level := "warn"
+	if cfg.LogLevel == "error" {
+		level = "error"
+	}
+	log, err := app.NewLoggerTo(stderr, level, "console")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	results, err := app.Check(ctx, cfg, log, *offline)
+	if err != nil {
+		return err
+	}
 	out, err := yaml.Marshal(cfg.Redacted())
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "# configuration is valid; effective settings (secrets redacted):\n%s", out)
+	if failed := reportChecks(stdout, results); failed > 0 {
+		return fmt.Errorf("%d upstream check(s) failed; the fixes are above", failed)
+	}
 	return nil
+}
+
+// reportChecks prints what the lock-down checks found, as YAML comments
+// after the configuration, and returns the number of failures: findings
+// that refuse logins, served roles missing upstream, databases that could
+// not be checked.
+func reportChecks(w io.Writer, results []session.UpstreamCheck) int {
+	failed := 0
+	for _, r := range results {
+		if r.Err != nil {
+			fmt.Fprintf(w, "# upstream database %q: cannot check it: %v\n", r.Database, r.Err)
+			failed++
+			continue
+		}
+		var lines []string
+		n := 0
+		for _, f := range r.Findings {
+			status := "FAIL"
+			switch {
+			case f.Skipped:
+				status = "skipped (checks.skip)"
+			case f.Allowed:
+				status = "allowed (jwt.privileged_roles)"
+			default:
+				n++
+			}
+			lines = append(lines, fmt.Sprintf("#   %s %s: %s", status, f.Check, f.Problem))
+			if len(f.Fix) > 0 {
+				lines = append(lines, "#     fix: "+f.FixSQL())
+			}
+		}
+		verdict := "every check passes"
+		if n > 0 {
+			verdict = fmt.Sprintf("%d failed", n)
+		}
+		fmt.Fprintf(w, "# upstream database %q (login %q): %s\n", r.Database, r.Login, verdict)
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+		failed += n
+	}
+	return failed
 }
 
 func keygen(args []string, stdout io.Writer) error {
