@@ -41,7 +41,6 @@ func TestFailureLimiterBookkeeping(t *testing.T) {
 	for _, b := range held {
 		l.release(b, false)
 	}
-	held = held[:0]
 	for range 3 {
 		b, _ := take("a")
 		if b == nil {

@@ -162,6 +162,11 @@ func TestSuperuserUpstreamLogin(t *testing.T) {
 	if !strings.Contains(pe.Hint, `ALTER ROLE "`+login+`" NOSUPERUSER;`) {
 		t.Fatalf("hint: %q", pe.Hint)
 	}
+	_ = env.App.Close() // the start's check has run
+	errs := logs.FilterMessageSnippet("pgtoken refuses every login to this database").FilterLevelExact(zapcore.ErrorLevel).All()
+	if len(errs) != 1 || errs[0].ContextMap()["fix"] != `ALTER ROLE "`+login+`" NOSUPERUSER;` {
+		t.Fatalf("logged: %v", errs)
+	}
 
 	cfg.Checks.Skip = config.StringList{"superuser"}
 	env, logs = startObserved(t, pg, db, cfg)
@@ -172,7 +177,7 @@ func TestSuperuserUpstreamLogin(t *testing.T) {
 	rows(t, b, "begin")
 	rows(t, a, "commit")
 	rows(t, b, "commit")
-	env.App.Close() // the start's check has run
+	_ = env.App.Close() // the start's check has run
 	warns := logs.FilterMessageSnippet("checks.skip turns off").FilterLevelExact(zapcore.WarnLevel).All()
 	if len(warns) != 1 {
 		t.Fatalf("%d warnings, want 1: %v", len(warns), warns)
