@@ -116,20 +116,23 @@ func (s *Server) readRoles(db string) func(context.Context, *pgconn.PgConn) erro
 }
 
 // logFindings logs a database's findings, unless they are what was logged
-// for it last (force: log them anyway).
+// for it last (force: log them anyway). Findings about missing roles, which
+// only CheckUpstreams makes, are logged whenever given.
 func (s *Server) logFindings(db string, fs []lockdown.Finding, force bool) {
 	var key strings.Builder
 	for _, f := range fs {
-		fmt.Fprintf(&key, "%s|%s|%s|%t|%t\n", f.Check, f.Role, f.Problem, f.Skipped, f.Allowed)
+		if f.Check != lockdown.Granted {
+			fmt.Fprintf(&key, "%s|%s|%s|%t|%t\n", f.Check, f.Role, f.Problem, f.Skipped, f.Allowed)
+		}
 	}
-	if !s.roles.changed(db, key.String(), force) {
-		return
-	}
+	again := s.roles.changed(db, key.String(), force)
 	for _, f := range fs {
 		level, msg := zapcore.ErrorLevel, "upstream role fails a lock-down check: pgtoken refuses logins with it"
 		switch {
 		case f.Check == lockdown.Granted:
 			level, msg = zapcore.WarnLevel, "served role cannot be used: logins with it fail at their first statement"
+		case !again:
+			continue
 		case f.Skipped:
 			level, msg = zapcore.WarnLevel, "upstream role fails a lock-down check that checks.skip turns off"
 		case f.Allowed:

@@ -303,9 +303,12 @@ func checkPolicy(cfg config.Config) lockdown.Policy {
 }
 
 // checkUpstreams runs the lock-down checks of every database pgtoken
-// serves in the background, logging what they find (at start and after a
-// reload).
+// serves in the background, logging what they find (at start, and after a
+// reload under reloadMu).
 func (a *App) checkUpstreams(log session.LogFindings) {
+	if a.ctx.Err() != nil {
+		return // closing
+	}
 	a.checks.Add(1)
 	go func() {
 		defer a.checks.Done()
@@ -472,7 +475,9 @@ func (a *App) finish() error {
 			cancel()
 		}
 		a.verifier.Load().Close()
+		a.reloadMu.Lock() // no reload starts checks after this
 		a.cancel()
+		a.reloadMu.Unlock()
 		a.checks.Wait()
 	})
 	return a.closeErr
