@@ -15,16 +15,25 @@ func TestCacheHitAndExpiry(t *testing.T) {
 	v.now = clk.Now
 	now := clk.Now()
 	tok := sign(t, jwt.SigningMethodHS256, []byte(testSecret), nil, map[string]any{"role": "web_user", "exp": now.Add(10 * time.Minute).Unix()})
+	if v.Cached(tok) != nil {
+		t.Fatal("Cached knows a token never verified")
+	}
 	a := mustVerify(t, v, tok)
 	b := mustVerify(t, v, tok)
 	if a != b {
 		t.Fatal("second Verify did not return the cached identity")
+	}
+	if v.Cached(tok) != a {
+		t.Fatal("Cached does not return the verified identity")
 	}
 	clk.Advance(10*time.Minute + 9*time.Second) // within leeway
 	if c := mustVerify(t, v, tok); c != a {
 		t.Fatal("cached identity not returned within leeway")
 	}
 	clk.Advance(time.Second) // exp + leeway reached
+	if v.Cached(tok) != nil {
+		t.Fatal("Cached returns an expired entry")
+	}
 	expectReason(t, mustErr(v.Verify(tok)), ReasonExpired)
 	if n := v.cache.len(); n != 0 {
 		t.Fatalf("cache holds %d entries after expiry", n)

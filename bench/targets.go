@@ -84,7 +84,8 @@ func startPostgres(ctx context.Context, o options) (*testpg.Cluster, error) {
 // roles: bench_user (the token's role), bench_login (the same grants, for
 // direct and PgBouncer runs; also a member of bench_user, so the
 // inherent-cost scripts can SET ROLE as pgtoken does) and authenticator
-// (pgtoken's upstream login, NOINHERIT, granted bench_user).
+// (pgtoken's upstream login, NOINHERIT, granted bench_user), and locks the
+// database down.
 func setupDatabase(ctx context.Context, pg *testpg.Cluster, o options, s secrets) error {
 	if err := pg.CreateDatabase(ctx, benchDB); err != nil {
 		return fmt.Errorf("create database: %w", err)
@@ -103,8 +104,12 @@ DO $$ BEGIN
 END $$;
 ALTER ROLE %[3]s LOGIN NOINHERIT NOSUPERUSER PASSWORD '%[5]s';
 GRANT %[1]s TO %[3]s, %[2]s;
-GRANT SELECT, INSERT, UPDATE ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO %[1]s, %[2]s;`,
-		tokenRole, loginRole, authRole, s.loginPW, s.authPW)
+GRANT SELECT, INSERT, UPDATE ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO %[1]s, %[2]s;
+-- Locked down as docs/SECURITY.md says (pgtoken refuses a role with TEMPORARY).
+REVOKE ALL ON DATABASE %[6]s FROM PUBLIC;
+GRANT CONNECT ON DATABASE %[6]s TO %[3]s, %[2]s;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;`,
+		tokenRole, loginRole, authRole, s.loginPW, s.authPW, benchDB)
 	if err := pg.Exec(ctx, benchDB, sql); err != nil {
 		return fmt.Errorf("roles and grants: %w", err)
 	}

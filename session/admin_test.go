@@ -163,7 +163,8 @@ func TestConsoleRefusesOthers(t *testing.T) {
 		t.Fatalf("extended protocol: %v", rr.Err)
 	}
 	table(t, con, "SHOW POOLS")
-	// Without admin_roles, database pgtoken is an ordinary database name.
+	// Without admin_roles, database pgtoken is an ordinary database name,
+	// and one pgtoken does not serve.
 	plain := pgtest.Start(t, nil)
 	pc, err := pgconn.Connect(ctx(t), consoleDSN(plain, pgtest.Token(t, map[string]any{"role": "web_admin", "sub": "x"})))
 	if err == nil {

@@ -113,6 +113,28 @@ func (f *fakeUpstream) serve(nc net.Conn) {
 				_ = be.Flush()
 				return
 			}
+			if strings.HasPrefix(m.String, "/* pgtoken lock-down checks */") {
+				// A locked-down database: the login, NOINHERIT, and
+				// nothing else.
+				cols := make([]pgproto3.FieldDescription, 6)
+				for i := range cols {
+					cols[i] = pgproto3.FieldDescription{Name: []byte("c"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}
+				}
+				be.Send(&pgproto3.RowDescription{Fields: cols})
+				for _, row := range [][]string{{"login", "authenticator", "app", "postgres", "", ""}, {"role", "authenticator", "", "", "", ""}} {
+					vals := make([][]byte, len(row))
+					for i, v := range row {
+						vals[i] = []byte(v)
+					}
+					be.Send(&pgproto3.DataRow{Values: vals})
+				}
+				be.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 2")})
+				be.Send(&pgproto3.ReadyForQuery{TxStatus: status})
+				if be.Flush() != nil {
+					return
+				}
+				continue
+			}
 			for _, st := range strings.Split(m.String, ";") {
 				st = strings.ToLower(strings.TrimSpace(st))
 				switch {

@@ -36,10 +36,11 @@ const (
 
 // attempt is one client connection's startup phase.
 type attempt struct {
-	id   uint32   // the connection id, later the session's process id
-	nc   net.Conn // as accepted
-	conn net.Conn // where answers go: nc, or the TLS conn over it
-	log  *zap.Logger
+	id       uint32    // the connection id, later the session's process id
+	nc       net.Conn  // as accepted
+	conn     net.Conn  // where answers go: nc, or the TLS conn over it
+	deadline time.Time // limits.startup_timeout from accept (zero: none)
+	log      *zap.Logger
 }
 
 // handle runs one client connection from accept to close.
@@ -55,7 +56,8 @@ func (s *Server) handle(nc net.Conn) {
 	defer s.conns.Add(-1)
 
 	if t := s.cfg.StartupTimeout; t > 0 {
-		_ = nc.SetDeadline(time.Now().Add(t))
+		a.deadline = time.Now().Add(t)
+		_ = nc.SetDeadline(a.deadline)
 	}
 	s.sessMu.Lock()
 	s.logins[a.id] = nc
@@ -100,12 +102,12 @@ func (s *Server) handle(nc net.Conn) {
 	sess.finish(err)
 }
 
-// loginFailed reports a failed login to the client and the log.
+// loginFailed reports a failed login to the client and the log. A
+// suspicious failure is answered late (backoff.go).
 func (s *Server) loginFailed(a *attempt, err error) {
 	if errors.Is(err, errQuietClose) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return
 	}
-	s.noteLoginFailure(a, err) // backoff.go
 	var ae *authn.Error
 	if errors.As(err, &ae) {
 		a.log.Info("authentication failed", zap.String("reason", string(ae.Reason)), zap.String("detail", ae.Detail))
@@ -126,6 +128,7 @@ func (s *Server) loginFailed(a *attempt, err error) {
 		}
 	}
 	we.Severity = wire.SeverityFatal
+	s.delayFailure(a, err)
 	writeFatal(a.conn, we)
 }
 
@@ -136,7 +139,7 @@ func (s *Server) authFailed(reason string, err error) error {
 }
 
 // maxDrainedPassword is the largest oversized password message read to its
-// end before it is refused (see startup).
+// end before it is refused (see readToken).
 const maxDrainedPassword = 16 << 20
 
 // errQuietClose ends a connection that needs no answer (a CancelRequest).
@@ -154,20 +157,51 @@ func writeFatal(nc net.Conn, err error) {
 
 // login performs the startup phase and returns a ready session, or a
 // console for an admin on database pgtoken. entry is the client's registry
-// entry, filled in when it is registered.
+// entry, filled in when it is registered. Its steps: startup negotiation,
+// reading the token, admission, and the greeting.
 func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
+	st, err := s.startup(a)
+	if err != nil {
+		return nil, nil, err
+	}
+	token, err := s.readToken(a, st)
+	if err != nil {
+		return nil, nil, err
+	}
+	adm, err := s.admit(a, st, token)
+	if err != nil {
+		return nil, nil, err
+	}
+	if adm.console {
+		con, err := s.openConsole(a, entry, st.r, adm.ident, st.params, st.secure)
+		return nil, con, err
+	}
+	return s.greet(a, st, entry, adm)
+}
+
+// startup is what startup negotiation learned about a client.
+type startup struct {
+	r      *wire.Reader
+	conn   net.Conn // where answers go: the socket, or TLS over it
+	secure bool     // TLS
+	params map[string]string
+	db     string // the database asked for
+}
+
+// startup negotiates TLS and the protocol version and reads the startup
+// parameters; it answers a CancelRequest (errQuietClose). A client that may
+// not send its token in clear text is refused here, before it does.
+func (s *Server) startup(a *attempt) (*startup, error) {
 	nc := a.nc
-	r := wire.NewReader(nc, clientReadBuffer, s.cfg.MaxPasswordBytes)
-	conn := nc
-	secure := false
-	var params map[string]string
-	for params == nil {
+	st := &startup{r: wire.NewReader(nc, clientReadBuffer, s.cfg.MaxPasswordBytes), conn: nc}
+	r := st.r
+	for st.params == nil {
 		body, err := r.ReadStartup(s.cfg.MaxStartupPacket)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if len(body) < 4 {
-			return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
+			return nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
 		}
 		code := binary.BigEndian.Uint32(body)
 		switch {
@@ -175,88 +209,88 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 			if r.Buffered() > 0 {
 				// Bytes sent after SSLRequest before the answer would be
 				// read as if they came over TLS.
-				return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "received unencrypted data after SSL request")
+				return nil, wire.Fatalf(wire.CodeProtocolViolation, "received unencrypted data after SSL request")
 			}
-			if secure || s.cfg.TLS == nil {
-				if _, err := conn.Write([]byte{'N'}); err != nil {
-					return nil, nil, err
+			if st.secure || s.cfg.TLS == nil {
+				if _, err := st.conn.Write([]byte{'N'}); err != nil {
+					return nil, err
 				}
 				continue
 			}
-			if _, err := conn.Write([]byte{'S'}); err != nil {
-				return nil, nil, err
+			if _, err := st.conn.Write([]byte{'S'}); err != nil {
+				return nil, err
 			}
 			tc := tls.Server(nc, s.cfg.TLS)
 			if err := tc.Handshake(); err != nil {
-				return nil, nil, fmt.Errorf("%w: TLS handshake: %v", errQuietClose, err)
+				return nil, fmt.Errorf("%w: TLS handshake: %v", errQuietClose, err)
 			}
-			conn, secure = tc, true
+			st.conn, st.secure = tc, true
 			a.conn = tc
 			r.Reset(tc)
 		case code == codeGSSENCRequest:
-			if _, err := conn.Write([]byte{'N'}); err != nil {
-				return nil, nil, err
+			if _, err := st.conn.Write([]byte{'N'}); err != nil {
+				return nil, err
 			}
 		case code == codeCancelRequest:
 			if len(body) < 12 {
-				return nil, nil, errQuietClose
+				return nil, errQuietClose
 			}
 			s.cancel(binary.BigEndian.Uint32(body[4:]), body[8:])
-			return nil, nil, errQuietClose
+			return nil, errQuietClose
 		case code>>16 == 3:
 			var sm pgproto3.StartupMessage
 			if err := sm.Decode(body); err != nil {
-				return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
+				return nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet")
 			}
-			params = sm.Parameters
-			if params == nil {
-				params = map[string]string{}
+			st.params = sm.Parameters
+			if st.params == nil {
+				st.params = map[string]string{}
 			}
 			if code&0xffff != 0 {
-				if err := negotiate(conn, params); err != nil {
-					return nil, nil, err
+				if err := negotiate(st.conn, st.params); err != nil {
+					return nil, err
 				}
 			}
 		default:
-			return nil, nil, wire.Fatalf(wire.CodeFeatureNotSupported,
+			return nil, wire.Fatalf(wire.CodeFeatureNotSupported,
 				"unsupported frontend protocol %d.%d: pgtoken supports 3.0", code>>16, code&0xffff)
 		}
 	}
-	if _, ok := params["replication"]; ok {
-		return nil, nil, wire.Fatalf(wire.CodeFeatureNotSupported, "pgtoken does not support replication connections")
+	if _, ok := st.params["replication"]; ok {
+		return nil, wire.Fatalf(wire.CodeFeatureNotSupported, "pgtoken does not support replication connections")
 	}
-	user := params["user"]
+	user := st.params["user"]
 	if user == "" {
-		return nil, nil, wire.Fatalf(wire.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
+		return nil, wire.Fatalf(wire.CodeInvalidAuthorization, "no PostgreSQL user name specified in startup packet")
 	}
-	db := params["database"]
-	if db == "" {
-		db = user
+	st.db = st.params["database"]
+	if st.db == "" {
+		st.db = user
 	}
-	a.log = a.log.With(zap.String("database", db))
-	if !secure && s.cfg.RequireTLSForRemote && !isLoopback(nc.RemoteAddr()) {
-		return nil, nil, s.authFailed(AuthTLSRequired, wire.Fatalf(wire.CodeInvalidAuthorization,
+	a.log = a.log.With(zap.String("database", st.db))
+	if !st.secure && s.cfg.RequireTLSForRemote && !isLoopback(nc.RemoteAddr()) {
+		return nil, s.authFailed(AuthTLSRequired, wire.Fatalf(wire.CodeInvalidAuthorization,
 			"pgtoken refuses to receive a token over an unencrypted connection").
 			WithHint("Connect with sslmode=require (or verify-full)."))
 	}
+	return st, nil
+}
 
-	if err := s.checkBackoff(a); err != nil { // backoff.go
-		return nil, nil, err
+// readToken asks for the password, which is the token, and reads it.
+func (s *Server) readToken(a *attempt, st *startup) (string, error) {
+	if _, err := st.conn.Write(wire.MsgAuthCleartext); err != nil {
+		return "", err
 	}
-
-	// The password is the token.
-	if _, err := conn.Write(wire.MsgAuthCleartext); err != nil {
-		return nil, nil, err
-	}
+	r := st.r
 	typ, n, err := r.Next()
 	if err != nil {
 		if errors.Is(err, wire.ErrBadLength) {
-			return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "invalid password packet")
+			return "", wire.Fatalf(wire.CodeProtocolViolation, "invalid password packet")
 		}
-		return nil, nil, err
+		return "", err
 	}
 	if typ != 'p' {
-		return nil, nil, wire.Fatalf(wire.CodeProtocolViolation, "expected a password message, got %q", typ)
+		return "", wire.Fatalf(wire.CodeProtocolViolation, "expected a password message, got %q", typ)
 	}
 	body, err := r.Body()
 	if err != nil {
@@ -268,53 +302,79 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 			if n <= maxDrainedPassword {
 				_ = r.Skip()
 			}
-			return nil, nil, s.authFailed(AuthMalformed, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is larger than %d bytes", s.cfg.MaxPasswordBytes))
+			return "", s.authFailed(AuthMalformed, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
+				Message: fmt.Sprintf("token rejected (malformed): the password is larger than %d bytes", s.cfg.MaxPasswordBytes), Err: errNotAToken})
 		}
-		return nil, nil, err
+		return "", err
 	}
 	pw, _, ok := wire.CString(body)
 	if !ok || len(pw) == 0 {
-		return nil, nil, s.authFailed(AuthMalformed, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is empty; it must be a JWT"))
+		return "", s.authFailed(AuthMalformed, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
+			Message: "token rejected (malformed): the password is empty; it must be a JWT", Err: errNotAToken})
 	}
-	ident, err := s.verifier.Load().v.Verify(string(pw))
+	return string(pw), nil
+}
+
+// admission is a login let in: its identity and prelude, or the console.
+type admission struct {
+	ident   *authn.Identity
+	pre     *prelude
+	console bool // the admin console: no prelude, no upstream
+}
+
+// admit decides whether a token may log in to the database asked for: the
+// token is verified (backoff.go), the database must be one pgtoken serves,
+// and the role must pass the lock-down checks (roles.go). Nothing here
+// creates a pool for a database pgtoken does not serve.
+func (s *Server) admit(a *attempt, st *startup, token string) (*admission, error) {
+	ident, err := s.verifyToken(a, token)
 	if err != nil {
 		var ae *authn.Error
 		if errors.As(err, &ae) {
 			s.obs.AuthFailed(authReason(ae.Reason))
-			return nil, nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
+			return nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
 				Message: fmt.Sprintf("token rejected (%s): %s", ae.Reason, ae.Error()), Err: err}
 		}
-		return nil, nil, err
+		return nil, err
 	}
 	if !ident.ExpiresAt.IsZero() && !time.Now().Before(ident.ExpiresAt) {
 		// Inside jwt.leeway the verifier accepts it, but a session may not
 		// start a transaction past exp: refuse now rather than at the first
 		// statement.
 		s.obs.AuthFailed(authReason(authn.ReasonExpired))
-		return nil, nil, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (expired): token expired")
+		return nil, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (expired): token expired")
 	}
-	s.noteLoginSuccess(a) // backoff.go
-	if db == ConsoleDatabase && len(*s.admins.Load()) > 0 {
-		con, err := s.openConsole(a, entry, r, ident, params, secure)
-		return nil, con, err
+	if st.db == ConsoleDatabase && len(*s.admins.Load()) > 0 {
+		return &admission{ident: ident, console: true}, nil
+	}
+	if !s.Serves(st.db) {
+		// As Postgres says it, and before any pool exists for the name.
+		return nil, s.authFailed(AuthDatabase, wire.Fatalf(wire.CodeInvalidCatalogName, "database %q does not exist", st.db))
 	}
 	pre, err := newPrelude(ident, &s.preludeStmts)
 	if err != nil {
 		s.obs.AuthFailed(AuthMalformed)
-		return nil, nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
+		return nil, &wire.Error{Severity: wire.SeverityFatal, Code: wire.CodeInvalidPassword,
 			Message: "token rejected (malformed): " + err.Error()}
 	}
-	if err := s.checkRole(a, db, ident.Role); err != nil { // roles.go
-		return nil, nil, err
+	if err := s.checkRole(a, st.db, ident.Role); err != nil { // roles.go
+		return nil, err
 	}
+	return &admission{ident: ident, pre: pre}, nil
+}
 
+// greet makes the session of an admitted client and tells the client it
+// is in: AuthenticationOk, the server's parameters as this client sees
+// them, pgtoken's own cancel key, ReadyForQuery.
+func (s *Server) greet(a *attempt, st *startup, entry *client, adm *admission) (*Session, *console, error) {
+	nc, conn, r, ident := a.nc, st.conn, st.r, adm.ident
 	sess := &Session{
 		srv:   s,
 		nc:    conn,
 		cr:    r,
 		ident: ident,
-		pre:   pre,
-		db:    db,
+		pre:   adm.pre,
+		db:    st.db,
 		addr:  nc.RemoteAddr().String(),
 		start: time.Now(),
 		ctx:   s.ctx,
@@ -325,10 +385,11 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 	sess.log = a.log.With(zap.String("sub", ident.Sub), zap.String("role", ident.Role), zap.String("jti", ident.JTI))
 	r.SetLimit(s.cfg.MaxMessage)
 	r.ReleaseWhenIdle(s.readBufs) // an idle client holds no read buffer
-	if sess.pool, err = s.poolFor(db); err != nil {
+	var err error
+	if sess.pool, err = s.poolFor(st.db); err != nil {
 		return sess, nil, err
 	}
-	clientParams, err := startupSettings(params, s.cfg.Policy)
+	clientParams, err := startupSettings(st.params, s.cfg.Policy)
 	if err != nil {
 		return sess, nil, err
 	}
@@ -336,9 +397,7 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 	if err != nil {
 		return sess, nil, err
 	}
-	// The client is in: AuthenticationOk, the server's parameters as
-	// this client sees them, pgtoken's own cancel key, ReadyForQuery.
-	entry.appName, entry.tls = cleanAppName(params["application_name"]), secure
+	entry.appName, entry.tls = cleanAppName(st.params["application_name"]), st.secure
 	s.register(sess, entry)
 	sess.armExpiry()
 	out := append([]byte(nil), wire.MsgAuthenticationOK...)

@@ -2,7 +2,9 @@ package session_test
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,24 +114,61 @@ func TestSessionModeKeepsSessionStateAndCleansUp(t *testing.T) {
 	}
 }
 
-func TestDatabaseSelectsTheUpstreamDatabase(t *testing.T) {
-	env := pgtest.Start(t, nil)
-	// A second database on the same server, with the same schema.
-	_, db2 := pgtest.NewDB(t)
-	env.PG.Exec(ctx(t), db2, "insert into api.todos(owner, title) values ('alice', 'in the second database')")
+// Only configured databases are served: the upstream's own and the keys
+// of databases. Any other name is refused as Postgres refuses it, before a
+// pool exists for it.
+func TestOnlyConfiguredDatabasesAreServed(t *testing.T) {
+	pg, db := pgtest.NewDB(t)
+	_, db2 := pgtest.NewDB(t) // a second database on the same server
+	pg.Exec(ctx(t), db2, "insert into api.todos(owner, title) values ('alice', 'in the second database')")
+	cfg := pgtest.Config(pg, db)
+	cfg.Databases = map[string]config.Database{"second": {Upstream: pg.DSN("authenticator", "secret", db2)}}
+	cfg.AdminRoles = config.StringList{"web_admin"}
+	env := pgtest.StartWith(t, pg, db, cfg)
 	dsn := env.DSN(pgtest.UserToken(t, "alice"))
-	c, err := pgconn.Connect(ctx(t), dsn+" dbname="+db2)
+	count := func(dbname string) [][]string {
+		c, err := pgconn.Connect(ctx(t), dsn+" dbname="+dbname)
+		if err != nil {
+			t.Fatalf("%s: %v", dbname, err)
+		}
+		defer c.Close(ctx(t))
+		return rows(t, c, "select current_database(), count(*) from todos")
+	}
+	if got := count(db); got[0][0] != db || got[0][1] != "3" {
+		t.Fatalf("the upstream's own database: %q", got)
+	}
+	if got := count("second"); got[0][0] != db2 || got[0][1] != "4" {
+		t.Fatalf("a mapped database: %q", got)
+	}
+	// Databases the upstream login may reach, and names that exist
+	// nowhere: refused as Postgres says it, and no pool is made.
+	for _, name := range []string{"postgres", db2, "nosuchdb", "template1"} {
+		_, err := pgconn.Connect(ctx(t), dsn+" dbname="+name)
+		if pe := pgErr(err); pe == nil || pe.Code != "3D000" || pe.Severity != "FATAL" || pe.Message != fmt.Sprintf("database %q does not exist", name) {
+			t.Fatalf("database %s: %v", name, err)
+		}
+	}
+	pools := map[string]bool{}
+	for _, p := range env.App.Server.Stats().Pools {
+		pools[p.Database] = true
+	}
+	if len(pools) != 2 || !pools[db] || !pools["second"] {
+		t.Fatalf("pools: %v", pools)
+	}
+	// The admin console answers as database pgtoken.
+	con, err := pgconn.Connect(ctx(t), strings.Replace(env.DSN(pgtest.Token(t, map[string]any{"role": "web_admin"})), "dbname="+db, "dbname=pgtoken", 1))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("console: %v", err)
 	}
-	defer c.Close(ctx(t))
-	if got := rows(t, c, "select current_database(), count(*) from todos"); got[0][0] != db2 || got[0][1] != "4" {
-		t.Fatalf("second database: %q", got)
-	}
-	// An unknown database is the server's own error.
-	_, err = pgconn.Connect(ctx(t), dsn+" dbname=nosuchdb")
+	rows(t, con, "SHOW POOLS")
+	_ = con.Close(ctx(t))
+
+	// serve_upstream_database: false serves the mapped names only.
+	cfg.ServeUpstream = false
+	env2 := pgtest.StartWith(t, pg, db, cfg)
+	_, err = pgconn.Connect(ctx(t), env2.DSN(pgtest.UserToken(t, "alice")))
 	if pe := pgErr(err); pe == nil || pe.Code != "3D000" {
-		t.Fatalf("unknown database: %v", err)
+		t.Fatalf("the upstream's own database with serve_upstream_database false: %v", err)
 	}
 }
 

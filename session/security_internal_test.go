@@ -8,8 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
-	"errors"
-	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -21,7 +19,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtoken/pgtoken/authn"
-	"github.com/pgtoken/pgtoken/wire"
 )
 
 // refuseAll is a verifier that refuses every token.
@@ -199,87 +196,6 @@ func TestRemoteClientsMustUseTLS(t *testing.T) {
 func isCleartextRequest(m pgproto3.BackendMessage) bool {
 	_, ok := m.(*pgproto3.AuthenticationCleartextPassword)
 	return ok
-}
-
-// The backoff's bookkeeping, on a fake clock.
-func TestAuthBackoffBookkeeping(t *testing.T) {
-	now := time.Unix(1000, 0)
-	b := &authBackoff{now: func() time.Time { return now }}
-	const window = 10 * time.Second
-	for i := range 2 {
-		if b.failed("a", 3, window) {
-			t.Fatalf("refused after %d failures", i+1)
-		}
-	}
-	if !b.failed("a", 3, window) {
-		t.Fatal("not refused after 3 failures")
-	}
-	if left := b.blocked("a"); left != window {
-		t.Fatalf("blocked for %s", left)
-	}
-	if b.blocked("b") != 0 {
-		t.Fatal("another address is blocked")
-	}
-	now = now.Add(window)
-	if b.blocked("a") != 0 {
-		t.Fatal("still blocked once the backoff is over")
-	}
-	// Failures spread wider than the window never add up.
-	for range 10 {
-		if b.failed("c", 3, window) {
-			now = now.Add(window + time.Second)
-		}
-		now = now.Add(6 * time.Second)
-		if b.blocked("c") != 0 {
-			t.Fatal("failures outside the window added up")
-		}
-	}
-	b.failed("d", 3, window)
-	b.failed("d", 3, window)
-	b.succeeded("d")
-	if b.failed("d", 3, window) {
-		t.Fatal("a success did not clear the failures")
-	}
-
-	// Bounded memory: a flood of addresses never grows the map past its
-	// cap, and refused addresses survive the eviction of others.
-	b = &authBackoff{now: func() time.Time { return now }}
-	b.failed("blocked", 1, window)
-	for i := range 3 * backoffMaxEntries {
-		b.failed(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), 5, window)
-		if n := b.size(); n > backoffMaxEntries {
-			t.Fatalf("%d entries", n)
-		}
-	}
-	if b.blocked("blocked") == 0 {
-		t.Fatal("a refused address was evicted while others were not refused")
-	}
-	// Entries expire: after the window they are swept to make room.
-	now = now.Add(2 * window)
-	b.failed("new", 5, window)
-	if n := b.size(); n > 2 {
-		t.Fatalf("%d entries after every window ended", n)
-	}
-}
-
-func TestTokenFailuresCounted(t *testing.T) {
-	for _, tc := range []struct {
-		err  error
-		want bool
-	}{
-		{&wire.Error{Code: wire.CodeInvalidPassword, Message: "token rejected (bad signature): x", Err: &authn.Error{Reason: authn.ReasonBadSignature}}, true},
-		{wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is empty; it must be a JWT"), true},
-		{wire.Fatalf(wire.CodeInvalidPassword, "token rejected (malformed): the password is larger than 65536 bytes"), true},
-		{wire.Fatalf(wire.CodeInvalidPassword, "token rejected (role not allowed): role \"x\" is a superuser"), false},
-		{&wire.Error{Code: wire.CodeInvalidPassword, Message: "too many failed logins", Err: errBackoff}, false},
-		{wire.Fatalf(wire.CodeInvalidAuthorization, "pgtoken refuses to receive a token over an unencrypted connection"), false},
-		{wire.Fatalf(wire.CodeProtocolViolation, "invalid startup packet"), false},
-		{errors.New("anything else"), false},
-	} {
-		if got := isTokenFailure(tc.err); got != tc.want {
-			t.Errorf("%v: counted %t", tc.err, got)
-		}
-	}
 }
 
 // FuzzStartup feeds arbitrary bytes to the connection handler as a client

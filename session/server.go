@@ -19,8 +19,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/pgtoken/pgtoken/authn"
+	"github.com/pgtoken/pgtoken/session/lockdown"
 	"github.com/pgtoken/pgtoken/session/pool"
 	"github.com/pgtoken/pgtoken/session/sqlscan"
 	"github.com/pgtoken/pgtoken/wire"
@@ -51,10 +53,13 @@ type Database struct {
 // sense.
 type Config struct {
 	Mode Mode
-	// Upstream is the server connection string; the client's database
-	// name replaces its database unless Databases maps the name.
+	// Upstream is the server connection string. Its own database is
+	// served under its name (unless MappedOnly), and Databases maps other
+	// client database names to upstreams of their own; any other name is
+	// refused at login (3D000).
 	Upstream    string
 	Databases   map[string]Database
+	MappedOnly  bool
 	PoolSize    int
 	WaitTimeout time.Duration
 	// PoolLifecycle is every pool's minimum and reserve, server lifetime,
@@ -89,13 +94,15 @@ type Config struct {
 	ConnectTimeout time.Duration
 	StatementCache int // prepared statements kept per server connection
 
-	// AuthFailuresBeforeBackoff failed token checks from one client IP
-	// within AuthBackoff make its logins refused for AuthBackoff (0: off;
-	// backoff.go). PrivilegedRoles may be named by a token even though they
-	// are superusers, bypass RLS or are the upstream login (roles.go).
-	AuthFailuresBeforeBackoff int
-	AuthBackoff               time.Duration
-	PrivilegedRoles           []string
+	// A suspicious failed login gets its FATAL after AuthFailureDelay;
+	// such failures may drain AuthFailureRate per second (up to
+	// AuthFailureBurst) per client address before its signature checks
+	// wait (0: no limit). See backoff.go.
+	AuthFailureDelay time.Duration
+	AuthFailureRate  float64
+	AuthFailureBurst int
+	// Checks judges the upstream's lock-down (roles.go).
+	Checks lockdown.Policy
 
 	// Observer hears about logins, refusals, pool waits and transactions
 	// (for metrics); nil means NopObserver.
@@ -140,8 +147,9 @@ type Server struct {
 	readBufs     *wire.BufferPool // client read buffers, lent only while bytes wait in them
 	preludeStmts ownStmts         // the extended prelude's statement per number of settings
 	sessionStmts ownStmts         // the same, setting them for the session (procedures, settings replay)
-	backoff      authBackoff      // failed logins per client address (backoff.go)
-	roles        roleState        // upstream role attributes per pool (roles.go)
+	limiter      failureLimiter   // suspicious signature checks per client address (backoff.go)
+	roles        roleState        // upstream lock-down facts per pool (roles.go)
+	upstreamDB   string           // the upstream DSN's own database
 	draining     atomic.Bool      // Shutdown or Close began: no new sessions or transactions
 
 	lnMu      sync.Mutex
@@ -189,7 +197,8 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Mode != ModeTransaction && cfg.Mode != ModeSession {
 		return nil, fmt.Errorf("pool mode %q: want transaction or session", cfg.Mode)
 	}
-	if _, err := pgconn.ParseConfig(cfg.Upstream); err != nil {
+	up, err := pgconn.ParseConfig(cfg.Upstream)
+	if err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
 	if cfg.PoolSize <= 0 {
@@ -225,6 +234,7 @@ func NewServer(cfg Config) (*Server, error) {
 		logins:    map[uint32]net.Conn{},
 		listeners: map[net.Listener]struct{}{},
 		readBufs:  wire.NewBufferPool(clientReadBuffer),
+		limiter:   failureLimiter{rate: rate.Limit(cfg.AuthFailureRate), burst: max(cfg.AuthFailureBurst, 1)},
 		ctx:       ctx,
 		stop:      stop,
 	}
@@ -232,8 +242,13 @@ func NewServer(cfg Config) (*Server, error) {
 	s.sessionStmts = ownStmts{prefix: "pgtoken_session_", local: false}
 	s.wg.Add(1)
 	go s.watch()
+	s.upstreamDB = up.Database
+	if s.upstreamDB == "" {
+		s.upstreamDB = up.User // as Postgres does
+	}
 	s.SetVerifier(cfg.Verifier)
 	s.SetAdminRoles(cfg.AdminRoles)
+	s.SetChecks(cfg.Checks)
 	s.SetPeers(cfg.Peers)
 	s.SetClientTimeouts(ClientTimeouts{Idle: cfg.ClientIdleTimeout, Query: cfg.QueryTimeout})
 	var seed [4]byte
@@ -477,16 +492,46 @@ func errShuttingDown() error {
 	return fmt.Errorf("%w", wire.Fatalf(wire.CodeAdminShutdown, "terminating connection due to administrator command"))
 }
 
-// poolFor returns the pool of a client database name, creating it on first
-// use.
-func (s *Server) poolFor(db string) (*pool.Pool, error) {
+// Serves reports whether clients may ask for database db: a key of
+// Databases, or the upstream's own database (unless MappedOnly).
+func (s *Server) Serves(db string) bool {
 	s.poolsMu.Lock()
 	defer s.poolsMu.Unlock()
-	if p, ok := s.pools[db]; ok {
-		return p, nil
+	return s.serves(db)
+}
+
+// serves is Serves under poolsMu.
+func (s *Server) serves(db string) bool {
+	if _, ok := s.cfg.Databases[db]; ok {
+		return true
+	}
+	return db == s.upstreamDB && !s.cfg.MappedOnly
+}
+
+// Databases lists the database names clients may ask for, sorted.
+func (s *Server) Databases() []string {
+	s.poolsMu.Lock()
+	defer s.poolsMu.Unlock()
+	var out []string
+	for name := range s.cfg.Databases {
+		out = append(out, name)
+	}
+	if !s.cfg.MappedOnly {
+		if _, ok := s.cfg.Databases[s.upstreamDB]; !ok {
+			out = append(out, s.upstreamDB)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// upstreamFor returns the connection settings and pool size of a database
+// clients may ask for (under poolsMu).
+func (s *Server) upstreamFor(db string) (*pgconn.Config, int, error) {
+	if !s.serves(db) {
+		return nil, 0, wire.Fatalf(wire.CodeInvalidCatalogName, "database %q does not exist", db)
 	}
 	dsn, size := s.cfg.Upstream, s.cfg.PoolSize
-	var pgcfg *pgconn.Config
 	if d, ok := s.cfg.Databases[db]; ok {
 		dsn = d.DSN
 		if d.PoolSize > 0 {
@@ -495,10 +540,22 @@ func (s *Server) poolFor(db string) (*pool.Pool, error) {
 	}
 	pgcfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("upstream for database %q: %w", db, err)
+		return nil, 0, fmt.Errorf("upstream for database %q: %w", db, err)
 	}
-	if _, mapped := s.cfg.Databases[db]; !mapped {
-		pgcfg.Database = db
+	return pgcfg, size, nil
+}
+
+// poolFor returns the pool of a database clients may ask for, creating it
+// on first use.
+func (s *Server) poolFor(db string) (*pool.Pool, error) {
+	s.poolsMu.Lock()
+	defer s.poolsMu.Unlock()
+	if p, ok := s.pools[db]; ok {
+		return p, nil
+	}
+	pgcfg, size, err := s.upstreamFor(db)
+	if err != nil {
+		return nil, err
 	}
 	p, err := pool.New(pool.Config{
 		Name:           db,
@@ -879,13 +936,15 @@ const (
 	AuthNoRole       = "no_role"
 	AuthTLSRequired  = "tls_required"
 	AuthNotAdmin     = "not_admin"
-	AuthInBackoff    = "backoff" // refused unchecked: too many failures from the address
+	AuthThrottled    = "throttled" // the token could not be checked in time: too many failures from the address
+	AuthDatabase     = "database"  // a database pgtoken does not serve
+	AuthLockdown     = "lockdown"  // the role, or the upstream login, fails a lock-down check
 	AuthOther        = "other"
 )
 
 // AuthFailureReasons lists every reason AuthFailed may be given.
 var AuthFailureReasons = []string{AuthMalformed, AuthBadSignature, AuthUnknownKID, AuthAlgorithm, AuthExpired,
-	AuthNotYetValid, AuthIssuer, AuthAudience, AuthRole, AuthNoRole, AuthTLSRequired, AuthNotAdmin, AuthInBackoff, AuthOther}
+	AuthNotYetValid, AuthIssuer, AuthAudience, AuthRole, AuthNoRole, AuthTLSRequired, AuthNotAdmin, AuthThrottled, AuthDatabase, AuthLockdown, AuthOther}
 
 // authReason maps a verifier's refusal to its metric label.
 func authReason(r authn.Reason) string {

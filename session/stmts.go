@@ -154,8 +154,7 @@ func rewriteDescribeStmt(c *pool.Conn, server string) {
 func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, error) {
 	if len(stmts) != 1 {
 		for i := range stmts {
-			switch stmts[i].Kind {
-			case sqlscan.KindDiscard, sqlscan.KindResetAll, sqlscan.KindDeallocate:
+			if answeredHere(&stmts[i]) {
 				return true, s.refuse(wire.Errorf(wire.CodeFeatureNotSupported,
 					"pgtoken answers %s itself: send it as a query of its own", strings.ToUpper(strings.Fields(sql[stmts[i].Start:stmts[i].End])[0])), true)
 			}
@@ -166,10 +165,9 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 	switch st.Kind {
 	case sqlscan.KindDiscard:
 		if st.Name != "all" {
-			// Plans, sequences and temporary objects of this client's
-			// never outlive a transaction here (and are reset before
-			// another client's): there is nothing to drop.
-			return true, s.localAnswer(wire.AppendCommandComplete(nil, "DISCARD "+strings.ToUpper(st.Name)), true)
+			// DISCARD TEMP, SEQUENCES and PLANS touch nothing but this
+			// server process's own state: they run on the server.
+			return false, nil
 		}
 		if s.inTransaction() {
 			return true, s.refuse(wire.Errorf(wire.CodeActiveSQLTransaction, "DISCARD ALL cannot run inside a transaction block"), true)
@@ -204,6 +202,19 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 		return true, s.localAnswer(wire.AppendCommandComplete(nil, "DEALLOCATE"), true)
 	}
 	return false, nil
+}
+
+// answeredHere reports whether pgtoken answers a statement of this kind
+// itself (as a query of its own): it acts on the client's settings or
+// statements, which live in pgtoken.
+func answeredHere(st *sqlscan.Statement) bool {
+	switch st.Kind {
+	case sqlscan.KindResetAll, sqlscan.KindDeallocate:
+		return true
+	case sqlscan.KindDiscard:
+		return st.Name == "all"
+	}
+	return false
 }
 
 // inTransaction reports whether the client is inside a transaction (or may

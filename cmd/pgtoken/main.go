@@ -2,7 +2,7 @@
 // password and runs every transaction under the token's role and claims.
 //
 //	pgtoken serve --config FILE      run the proxy
-//	pgtoken check --config FILE      validate and print the effective config
+//	pgtoken check --config FILE      load it as serve would, print it, check the upstream
 //	pgtoken keygen --alg EdDSA [--out FILE] [--public FILE]   a JWKS holding a new private key (mode 0600)
 //	pgtoken mint --key FILE --claims JSON --ttl 1h
 //	pgtoken version
@@ -32,6 +32,7 @@ import (
 	"github.com/pgtoken/pgtoken/authn"
 	"github.com/pgtoken/pgtoken/internal/app"
 	"github.com/pgtoken/pgtoken/internal/config"
+	"github.com/pgtoken/pgtoken/session"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -53,7 +54,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "serve":
 		err = serve(args[1:], stdout, stderr)
 	case "check":
-		err = check(args[1:], stdout)
+		err = check(args[1:], stdout, stderr)
 	case "keygen":
 		err = keygen(args[1:], stdout)
 	case "mint":
@@ -100,7 +101,7 @@ password, and every transaction it runs gets the token's role and claims.
 
 commands:
   serve    run the proxy (--config FILE)
-  check    validate a configuration and print it with secrets redacted
+  check    load a configuration as serve does, print it, and check the upstream's lock-down
   keygen   make a signing key (a private JWKS) and its public half
   mint     print a signed token, for tests and demos
   version  print the version
@@ -350,34 +351,104 @@ func runSignals(a *app.App, sigs <-chan os.Signal, log *zap.Logger) error {
 	}
 }
 
-func checkCmd() (*cmd, *configFlags) {
-	c := newCmd("check", "pgtoken check --config FILE [flags]", `Validates a configuration as pgtoken serve would read it (the file, then
-PGTOKEN_* environment variables, then these flags) and prints the effective
-settings with secrets redacted. Exits with status 1 when it is invalid; the
-error names the key it is about.
-
-`+configHelp)
-	return c, addConfigFlags(c)
+type checkOpts struct {
+	*configFlags
+	offline bool
 }
 
-func check(args []string, stdout io.Writer) error {
-	c, cf := checkCmd()
+func checkCmd() (*cmd, *checkOpts) {
+	c := newCmd("check", "pgtoken check --config FILE [--offline] [flags]", `Loads a configuration as pgtoken serve would (the file, then PGTOKEN_*
+environment variables, then these flags; keys, JWKS and certificates
+included, with the warnings serve logs going to standard error), prints the
+effective settings with secrets redacted, then runs the lock-down checks
+against every upstream database it would serve (docs/SECURITY.md) and
+prints each finding with the SQL that fixes it. Exits with status 1 when
+the configuration cannot be served or a check fails.
+
+`+configHelp)
+	o := &checkOpts{configFlags: addConfigFlags(c)}
+	c.BoolVar(&o.offline, "offline", false, "load the configuration, keys and certificates, but do not connect to the upstream")
+	return c, o
+}
+
+func check(args []string, stdout, stderr io.Writer) error {
+	c, o := checkCmd()
 	if err := c.parse(args, stdout); err != nil {
 		return err
 	}
-	cfg, err := cf.load(c.FlagSet)
+	cfg, err := o.load(c.FlagSet)
 	if err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
+	// What serve would warn about goes to stderr, as serve logs it.
+	level := "warn"
+	if cfg.LogLevel == "error" {
+		level = "error"
+	}
+	log, err := app.NewLoggerTo(stderr, level, "console")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	results, err := app.Check(ctx, cfg, log, o.offline)
+	if err != nil {
+		return err
+	}
 	out, err := yaml.Marshal(cfg.Redacted())
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "# configuration is valid; effective settings (secrets redacted):\n%s", out)
+	if failed := reportChecks(stdout, results); failed > 0 {
+		return fmt.Errorf("%d upstream check(s) failed; the fixes are above", failed)
+	}
 	return nil
+}
+
+// reportChecks prints what the lock-down checks found, as YAML comments
+// after the configuration, and returns the number of failures: findings
+// that refuse logins, served roles missing upstream, databases that could
+// not be checked.
+func reportChecks(w io.Writer, results []session.UpstreamCheck) int {
+	failed := 0
+	for _, r := range results {
+		if r.Err != nil {
+			fmt.Fprintf(w, "# upstream database %q: cannot check it: %v\n", r.Database, r.Err)
+			failed++
+			continue
+		}
+		var lines []string
+		n := 0
+		for _, f := range r.Findings {
+			status := "FAIL"
+			switch {
+			case f.Skipped:
+				status = "skipped (checks.skip)"
+			case f.Allowed:
+				status = "allowed (jwt.privileged_roles)"
+			default:
+				n++
+			}
+			lines = append(lines, fmt.Sprintf("#   %s %s: %s", status, f.Check, f.Problem))
+			if len(f.Fix) > 0 {
+				lines = append(lines, "#     fix: "+f.FixSQL())
+			}
+		}
+		verdict := "every check passes"
+		if n > 0 {
+			verdict = fmt.Sprintf("%d failed", n)
+		}
+		fmt.Fprintf(w, "# upstream database %q (login %q): %s\n", r.Database, r.Login, verdict)
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+		failed += n
+	}
+	return failed
 }
 
 type keygenOpts struct {

@@ -68,7 +68,7 @@ func TestCheckValidatesAndRedacts(t *testing.T) {
 	good := filepath.Join(dir, "good.yaml")
 	os.WriteFile(good, []byte("upstream: postgres://authenticator:hunter2@127.0.0.1/app\njwt: {secret: topsecretvalue0123456789abcdefgh, allowed_roles: [web_user]}\n"), 0o600)
 	var out, errb bytes.Buffer
-	if code := run([]string{"check", "--config", good}, &out, &errb); code != 0 {
+	if code := run([]string{"check", "--offline", "--config", good}, &out, &errb); code != 0 {
 		t.Fatalf("check: %d %s", code, errb.String())
 	}
 	if strings.Contains(out.String(), "hunter2") || strings.Contains(out.String(), "topsecret") || !strings.Contains(out.String(), "REDACTED") {
@@ -78,7 +78,7 @@ func TestCheckValidatesAndRedacts(t *testing.T) {
 	os.WriteFile(bad, []byte("upstream: postgres://x@y/z\npool: {size: -1}\njwt: {secret: s, allowed_roles: [r]}\n"), 0o600)
 	out.Reset()
 	errb.Reset()
-	if code := run([]string{"check", "--config", bad}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "pool.size") {
+	if code := run([]string{"check", "--offline", "--config", bad}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "pool.size") {
 		t.Fatalf("bad config: code %d, stderr %s", code, errb.String())
 	}
 }
@@ -100,7 +100,7 @@ func TestCheckFlagsOverEnvOverFile(t *testing.T) {
 	t.Setenv("PGTOKEN_DATABASES_REPORTS_UPSTREAM", "postgres://r:pw@h/reports")
 	t.Setenv("PGTOKEN_DATABASES_REPORTS_POOL_SIZE", "4")
 	var out, errb bytes.Buffer
-	if code := run([]string{"check", "--config", conf, "--pool-size", "9", "--peer-id", "2"}, &out, &errb); code != 0 {
+	if code := run([]string{"check", "--offline", "--config", conf, "--pool-size", "9", "--peer-id", "2"}, &out, &errb); code != 0 {
 		t.Fatalf("check: %d %s", code, errb.String())
 	}
 	for _, want := range []string{
@@ -121,7 +121,7 @@ func TestCheckFlagsOverEnvOverFile(t *testing.T) {
 		t.Errorf("password printed:\n%s", out.String())
 	}
 	errb.Reset()
-	if code := run([]string{"check", "--config", conf, "--peer-id", "9"}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "peer_id") {
+	if code := run([]string{"check", "--offline", "--config", conf, "--peer-id", "9"}, &out, &errb); code == 0 || !strings.Contains(errb.String(), "peer_id") {
 		t.Fatalf("bad flag value: %d %s", code, errb.String())
 	}
 }
@@ -220,11 +220,18 @@ func TestKeygenPrivateKeyModes(t *testing.T) {
 }
 
 // TestShippedConfigsAreValid checks the configurations in deploy/ pass
-// pgtoken check (the Kubernetes one with its Secret's variables set).
+// pgtoken check --offline (the Kubernetes one with its Secret's variables
+// set), with the JWKS and certificate files they name made here.
 func TestShippedConfigsAreValid(t *testing.T) {
 	root := filepath.Join("..", "..")
+	dir := t.TempDir()
 	var out, errb bytes.Buffer
-	if code := run([]string{"check", "--config", filepath.Join(root, "deploy", "compose", "pgtoken.yaml")}, &out, &errb); code != 0 {
+	jwks := filepath.Join(dir, "jwks.json")
+	if code := run([]string{"keygen", "--out", filepath.Join(dir, "private.json"), "--public", jwks}, &out, &errb); code != 0 {
+		t.Fatal(errb.String())
+	}
+	t.Setenv("PGTOKEN_JWT_JWKS", "file://"+jwks) // the shipped ones are URLs of other containers
+	if code := run([]string{"check", "--offline", "--config", filepath.Join(root, "deploy", "compose", "pgtoken.yaml")}, &out, &errb); code != 0 {
 		t.Fatalf("deploy/compose/pgtoken.yaml: %s", errb.String())
 	}
 	raw, err := os.ReadFile(filepath.Join(root, "deploy", "kubernetes", "configmap.yaml"))
@@ -245,8 +252,11 @@ func TestShippedConfigsAreValid(t *testing.T) {
 	t.Setenv("PGTOKEN_JWT_SECRET", "")
 	t.Setenv("PGTOKEN_PEER_ID", "1")
 	t.Setenv("PGTOKEN_PEERS", "0=pgtoken-0.pgtoken-peers:6432,1=pgtoken-1.pgtoken-peers:6432,2=pgtoken-2.pgtoken-peers:6432")
+	cert, key := writeCert(t, dir)
+	t.Setenv("PGTOKEN_TLS_CERT", cert)
+	t.Setenv("PGTOKEN_TLS_KEY", key)
 	errb.Reset()
-	if code := run([]string{"check", "--config", conf}, &out, &errb); code != 0 {
+	if code := run([]string{"check", "--offline", "--config", conf}, &out, &errb); code != 0 {
 		t.Fatalf("deploy/kubernetes/configmap.yaml: %s", errb.String())
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/config"
 	"github.com/pgtoken/pgtoken/internal/metrics"
 	"github.com/pgtoken/pgtoken/session"
+	"github.com/pgtoken/pgtoken/session/lockdown"
 	"github.com/pgtoken/pgtoken/session/pool"
 	"github.com/pgtoken/pgtoken/session/sqlscan"
 )
@@ -63,7 +65,8 @@ type App struct {
 	done     chan error
 	once     sync.Once
 	closeErr error
-	checked  chan struct{} // closed when the start's upstream check is done
+	checked  chan struct{}  // closed when the start's upstream check is done
+	checks   sync.WaitGroup // lock-down checks of the upstreams in the background
 }
 
 // AuthnConfig maps the configuration onto the verifier's.
@@ -121,69 +124,14 @@ func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Opt
 		}
 	}()
 
-	v, err := a.newVerifier(cfg)
+	v, cert, err := a.loadKeys(cfg)
 	if err != nil {
 		return nil, err
 	}
 	a.verifier.Store(v)
 	cleanup = append(cleanup, func() { a.verifier.Load().Close() })
-
-	var tlsCfg *tls.Config
-	if cfg.TLS.Cert != "" {
-		cert, err := loadCert(cfg.TLS)
-		if err != nil {
-			return nil, err
-		}
-		a.cert.Store(cert)
-		tlsCfg = &tls.Config{
-			MinVersion: tls.VersionTLS12,
-			// Every handshake takes the certificate in use now, so a
-			// reload reaches new connections at once.
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return a.cert.Load(), nil },
-		}
-	}
-	dbs := map[string]session.Database{}
-	for name, d := range cfg.Databases {
-		dbs[name] = session.Database{DSN: d.Upstream, PoolSize: d.PoolSize}
-	}
-	srv, err := session.NewServer(session.Config{
-		Mode:                   session.Mode(cfg.Pool.Mode),
-		Upstream:               cfg.Upstream,
-		Databases:              dbs,
-		PoolSize:               cfg.Pool.Size,
-		WaitTimeout:            cfg.Pool.WaitTimeout.D(),
-		ConnectTimeout:         cfg.Pool.ConnectTimeout.D(),
-		IdleTransactionTimeout: cfg.Pool.IdleTransactionTimeout.D(),
-		StatementCache:         cfg.Pool.StatementCache,
-		PoolLifecycle:          poolLifecycle(cfg.Pool),
-		ClientIdleTimeout:      cfg.Pool.ClientIdleTimeout.D(),
-		QueryTimeout:           cfg.Pool.QueryTimeout.D(),
-		TLS:                    tlsCfg,
-		RequireTLSForRemote:    cfg.TLS.RequireForRemote,
-		Verifier:               v,
-		Policy: sqlscan.Policy{
-			ClaimsPrefix: cfg.Claims.Prefix,
-			ClaimsJSON:   cfg.Claims.JSON,
-			AllowDo:      cfg.Guard.AllowDo,
-		},
-		StartupTimeout:     cfg.Limits.StartupTimeout.D(),
-		MaxStartupPacket:   cfg.Limits.MaxStartupPacket,
-		MaxPasswordBytes:   cfg.Limits.MaxPassword,
-		MaxMessage:         cfg.Limits.MaxMessage,
-		MaxClientConn:      cfg.Limits.MaxClientConn,
-		ClientWriteTimeout: cfg.Limits.ClientWriteTimeout.D(),
-		TokenLeeway:        cfg.JWT.Leeway.D(),
-		Observer:           a.Metrics,
-		AdminRoles:         cfg.AdminRoles,
-		Admin:              backend{a},
-		PeerID:             cfg.PeerID,
-		Peers:              cfg.Peers,
-		Logger:             log,
-
-		AuthFailuresBeforeBackoff: cfg.Limits.AuthFailuresBeforeBackoff,
-		AuthBackoff:               cfg.Limits.AuthBackoff.D(),
-		PrivilegedRoles:           cfg.JWT.PrivilegedRoles,
-	})
+	a.cert.Store(cert)
+	srv, err := session.NewServer(a.sessionConfig(cfg, v))
 	if err != nil {
 		return nil, err
 	}
@@ -211,12 +159,13 @@ func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Opt
 		log.Info("metrics listening", zap.String("metrics_listen", ml.Addr().String()))
 	}
 	go func() { a.done <- srv.Serve(l) }()
-	fields := []zap.Field{zap.String("listen", l.Addr().String()), zap.Bool("tls", tlsCfg != nil),
+	fields := []zap.Field{zap.String("listen", l.Addr().String()), zap.Bool("tls", cfg.TLS.Cert != ""),
 		zap.String("mode", cfg.Pool.Mode), zap.String("upstream", config.RedactDSN(cfg.Upstream))}
 	if cfg.PeerID != 0 || len(cfg.Peers) > 0 {
 		fields = append(fields, zap.Int("peer_id", cfg.PeerID))
 	}
 	log.Info("pgtoken listening", fields...)
+	a.runLockdownChecks(session.LogChanged)
 	go func() {
 		defer close(a.checked)
 		a.checkUpstreams(cfg) // upstream.go
@@ -224,15 +173,144 @@ func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Opt
 	return a, nil
 }
 
-// newVerifier builds a token verifier for cfg, wired to the metrics.
-func (a *App) newVerifier(cfg config.Config) (*authn.Verifier, error) {
+// loadKeys loads what verifies tokens and the client-facing certificate
+// (nil without TLS), as serve, a reload and pgtoken check all do.
+func (a *App) loadKeys(cfg config.Config) (*authn.Verifier, *tls.Certificate, error) {
 	ac := AuthnConfig(cfg, a.Log)
-	ac.OnJWKSRefresh = a.Metrics.JWKSRefreshed
+	if a.Metrics != nil {
+		ac.OnJWKSRefresh = a.Metrics.JWKSRefreshed
+	}
 	v, err := authn.New(a.ctx, ac)
 	if err != nil {
-		return nil, fmt.Errorf("jwt: %w", err)
+		return nil, nil, fmt.Errorf("jwt: %w", err)
 	}
-	return v, nil
+	if cfg.TLS.Cert == "" {
+		return v, nil, nil
+	}
+	cert, err := loadCert(cfg.TLS)
+	if err != nil {
+		v.Close()
+		return nil, nil, err
+	}
+	return v, cert, nil
+}
+
+// sessionConfig maps the configuration onto the session server's.
+func (a *App) sessionConfig(cfg config.Config, v *authn.Verifier) session.Config {
+	var tlsCfg *tls.Config
+	if cfg.TLS.Cert != "" {
+		tlsCfg = &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			// Every handshake takes the certificate in use now, so a
+			// reload reaches new connections at once.
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return a.cert.Load(), nil },
+		}
+	}
+	dbs := map[string]session.Database{}
+	for name, d := range cfg.Databases {
+		dbs[name] = session.Database{DSN: d.Upstream, PoolSize: d.PoolSize}
+	}
+	sc := session.Config{
+		Mode:                   session.Mode(cfg.Pool.Mode),
+		Upstream:               cfg.Upstream,
+		Databases:              dbs,
+		MappedOnly:             !cfg.ServeUpstream,
+		PoolSize:               cfg.Pool.Size,
+		WaitTimeout:            cfg.Pool.WaitTimeout.D(),
+		ConnectTimeout:         cfg.Pool.ConnectTimeout.D(),
+		IdleTransactionTimeout: cfg.Pool.IdleTransactionTimeout.D(),
+		StatementCache:         cfg.Pool.StatementCache,
+		PoolLifecycle:          poolLifecycle(cfg.Pool),
+		ClientIdleTimeout:      cfg.Pool.ClientIdleTimeout.D(),
+		QueryTimeout:           cfg.Pool.QueryTimeout.D(),
+		TLS:                    tlsCfg,
+		RequireTLSForRemote:    cfg.TLS.RequireForRemote,
+		Verifier:               v,
+		Policy: sqlscan.Policy{
+			ClaimsPrefix: cfg.Claims.Prefix,
+			ClaimsJSON:   cfg.Claims.JSON,
+			AllowDo:      cfg.Guard.AllowDo,
+		},
+		StartupTimeout:     cfg.Limits.StartupTimeout.D(),
+		MaxStartupPacket:   cfg.Limits.MaxStartupPacket,
+		MaxPasswordBytes:   cfg.Limits.MaxPassword,
+		MaxMessage:         cfg.Limits.MaxMessage,
+		MaxClientConn:      cfg.Limits.MaxClientConn,
+		ClientWriteTimeout: cfg.Limits.ClientWriteTimeout.D(),
+		TokenLeeway:        cfg.JWT.Leeway.D(),
+		AdminRoles:         cfg.AdminRoles,
+		Admin:              backend{a},
+		PeerID:             cfg.PeerID,
+		Peers:              cfg.Peers,
+		Logger:             a.Log,
+
+		AuthFailureDelay: cfg.Limits.AuthFailureDelay.D(),
+		AuthFailureRate:  cfg.Limits.AuthFailureRate,
+		AuthFailureBurst: cfg.Limits.AuthFailureBurst,
+		Checks:           checkPolicy(cfg),
+	}
+	if a.Metrics != nil {
+		sc.Observer = a.Metrics
+	}
+	return sc
+}
+
+// checkPolicy is how the lock-down checks judge what they find.
+func checkPolicy(cfg config.Config) lockdown.Policy {
+	served := slices.Clone(cfg.JWT.AllowedRoles)
+	if r := cfg.JWT.AnonRole; r != "" && !slices.Contains(served, r) {
+		served = append(served, r)
+	}
+	skip := make([]lockdown.Check, len(cfg.Checks.Skip))
+	for i, c := range cfg.Checks.Skip {
+		skip[i] = lockdown.Check(c)
+	}
+	return lockdown.Policy{Served: served, Console: cfg.AdminRoles, Skip: skip, Privileged: cfg.JWT.PrivilegedRoles}
+}
+
+// runLockdownChecks runs the lock-down checks of every database pgtoken
+// serves in the background, logging what they find (at start, and after a
+// reload under reloadMu).
+func (a *App) runLockdownChecks(log session.LogFindings) {
+	if a.ctx.Err() != nil {
+		return // closing
+	}
+	a.checks.Add(1)
+	go func() {
+		defer a.checks.Done()
+		a.Server.CheckUpstreams(a.ctx, log)
+	}()
+}
+
+// Check loads cfg as serve does — keys, JWKS and the TLS certificate, with
+// the warnings serve logs going to log — and, unless offline, runs the
+// lock-down checks against every database pgtoken would serve. An error
+// means cfg cannot be served at all.
+func Check(ctx context.Context, cfg config.Config, log *zap.Logger, offline bool) ([]session.UpstreamCheck, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a := &App{Log: log, ctx: ctx, cancel: cancel}
+	v, cert, err := a.loadKeys(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	a.cert.Store(cert)
+	if offline {
+		return nil, nil
+	}
+	srv, err := session.NewServer(a.sessionConfig(cfg, v))
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Close()
+	return srv.CheckUpstreams(ctx, session.LogNone), nil
 }
 
 // UpstreamsChecked is closed once the login to each upstream tried at start
@@ -291,16 +369,9 @@ func (a *App) Reload(next config.Config) error {
 		return refuse(err)
 	}
 	// Build what can fail before changing anything.
-	v, err := a.newVerifier(eff)
+	v, cert, err := a.loadKeys(eff)
 	if err != nil {
 		return refuse(err)
-	}
-	var cert *tls.Certificate
-	if eff.TLS.Cert != "" {
-		if cert, err = loadCert(eff.TLS); err != nil {
-			v.Close()
-			return refuse(err)
-		}
 	}
 	var lvl zapcore.Level
 	if err := lvl.UnmarshalText([]byte(eff.LogLevel)); err != nil {
@@ -314,7 +385,7 @@ func (a *App) Reload(next config.Config) error {
 		a.cert.Store(cert)
 	}
 	a.Server.SetAdminRoles(eff.AdminRoles)
-	a.Server.SetPrivilegedRoles(eff.JWT.PrivilegedRoles)
+	a.Server.SetChecks(checkPolicy(eff))
 	a.Server.SetPeers(eff.Peers)
 	sizes := map[string]int{}
 	for name, d := range eff.Databases {
@@ -331,6 +402,7 @@ func (a *App) Reload(next config.Config) error {
 		a.Log.Warn("setting changed but takes effect only after a restart; keeping the value in use", zap.String("key", key))
 	}
 	a.Log.Info("configuration reloaded", zap.Strings("changed", applied), zap.Int("keys", v.KeyCount()))
+	a.runLockdownChecks(session.LogAll)
 	return nil
 }
 
@@ -393,7 +465,10 @@ func (a *App) finish() error {
 			cancel()
 		}
 		a.verifier.Load().Close()
+		a.reloadMu.Lock() // no reload starts checks after this
 		a.cancel()
+		a.reloadMu.Unlock()
+		a.checks.Wait()
 		<-a.checked
 	})
 	return a.closeErr

@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"io"
 	"os"
 
 	"go.uber.org/zap"
@@ -104,4 +105,10 @@ func nonEmpty(fields []zapcore.Field) []zapcore.Field {
 		return out
 	}
 	return fields
+}
+
+// NewLoggerTo is NewLogger writing to w (pgtoken check's warnings).
+func NewLoggerTo(w io.Writer, level, format string) (*zap.Logger, error) {
+	log, _, err := newLogger(level, format, zapcore.Lock(zapcore.AddSync(w)))
+	return log, err
 }

@@ -20,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pgtoken/pgtoken/authn"
+	"github.com/pgtoken/pgtoken/session/lockdown"
 )
 
 // Config is the whole configuration file.
@@ -29,20 +30,22 @@ import (
 type Config struct {
 	Listen          string              `yaml:"listen" doc:"address clients connect to"`
 	ReusePort       bool                `yaml:"reuse_port" doc:"set SO_REUSEPORT on the listeners, so that several pgtoken processes can share the port (rolling restarts)"`
-	Upstream        string              `yaml:"upstream" doc:"server connection string (any DSN pgconn accepts); the client's database name replaces its database" secret:"password"`
+	Upstream        string              `yaml:"upstream" doc:"server connection string (any DSN pgconn accepts); its own database is served under its name (see serve_upstream_database)" secret:"password"`
 	LogLevel        string              `yaml:"log_level" doc:"debug, info, warn or error" reload:"yes"`
 	LogFormat       string              `yaml:"log_format" doc:"console or json"`
 	MetricsListen   string              `yaml:"metrics_listen" doc:"host:port for /metrics, /healthz, /readyz and /debug/sessions; empty disables"`
 	ShutdownTimeout Duration            `yaml:"shutdown_timeout" doc:"on SIGTERM, how long transactions in flight may take before their clients are closed" reload:"yes"`
 	AdminRoles      StringList          `yaml:"admin_roles" doc:"token roles that may use the admin console (database pgtoken); each must be in jwt.allowed_roles; empty disables the console" reload:"yes"`
 	Pool            Pool                `yaml:"pool"`
-	Databases       map[string]Database `yaml:"databases" doc:"client database name → its own upstream and pool size"`
+	Databases       map[string]Database `yaml:"databases" doc:"client database name → its own upstream and pool size; only these names and the upstream's own database are served, any other is refused (3D000)"`
+	ServeUpstream   bool                `yaml:"serve_upstream_database" doc:"serve the database of upstream under its own name, besides the keys of databases; false serves only those"`
 	PeerID          int                 `yaml:"peer_id" doc:"this pgtoken's id (0-7) among peers behind one load balancer; it goes into every cancel key"`
 	Peers           PeerMap             `yaml:"peers" doc:"peer id → host:port of each pgtoken peer, where a cancel request for one of its clients is forwarded (env: 0=host:port,1=host:port)" reload:"yes"`
 	JWT             JWT                 `yaml:"jwt"`
 	Claims          Claims              `yaml:"claims"`
 	TLS             TLS                 `yaml:"tls"`
 	Guard           Guard               `yaml:"guard"`
+	Checks          Checks              `yaml:"checks"`
 	Limits          Limits              `yaml:"limits"`
 }
 
@@ -87,8 +90,8 @@ type JWT struct {
 	AnonRole     string     `yaml:"anon_role" doc:"role for tokens without a role claim; empty refuses them" reload:"yes"`
 	AllowedRoles StringList `yaml:"allowed_roles" doc:"roles a token may name" reload:"yes"`
 	CacheSize    int        `yaml:"cache_size" doc:"verified tokens kept (by hash, until exp)" reload:"yes"`
-	// PrivilegedRoles lifts the role-attribute check (session/roles.go).
-	PrivilegedRoles StringList `yaml:"privileged_roles" doc:"roles a token may name even though they are superusers, have BYPASSRLS or are the upstream login role (refused otherwise); each must be in jwt.allowed_roles" reload:"yes"`
+	// PrivilegedRoles lifts the lock-down checks of a role (session/roles.go).
+	PrivilegedRoles StringList `yaml:"privileged_roles" doc:"roles a token may name whatever the lock-down checks find about them (a superuser, BYPASSRLS, TEMPORARY, ...; the upstream login's own findings still refuse them); each must be in jwt.allowed_roles" reload:"yes"`
 }
 
 // Claims configures how claims reach Postgres.
@@ -110,6 +113,11 @@ type Guard struct {
 	AllowDo bool `yaml:"allow_do" doc:"let DO blocks through (PL/pgSQL EXECUTE can build any statement)"`
 }
 
+// Checks configures the lock-down checks of the upstream (docs/SECURITY.md).
+type Checks struct {
+	Skip StringList `yaml:"skip" doc:"lock-down checks not to apply: superuser, bypassrls, role_attributes, temporary, create, predefined_roles, upstream_login, noinherit, login_privileges (docs/SECURITY.md); a role that fails any other is refused at login" reload:"yes"`
+}
+
 // Limits bound what one client may make pgtoken hold.
 type Limits struct {
 	StartupTimeout   Duration `yaml:"startup_timeout" doc:"time allowed from connect to login"`
@@ -120,15 +128,17 @@ type Limits struct {
 	// ClientWriteTimeout bounds how long a client may leave pgtoken's
 	// output unread.
 	ClientWriteTimeout Duration `yaml:"client_write_timeout" doc:"a client that reads none of what pgtoken sends it for this long is disconnected and its server connection dropped, so it cannot hold one by not reading; 0 disables"`
-	// Per-address backoff after failed logins (session/backoff.go).
-	AuthFailuresBeforeBackoff int      `yaml:"auth_failures_before_backoff" doc:"failed token checks from one client IP address within auth_backoff after which its logins are refused for auth_backoff; 0 disables"`
-	AuthBackoff               Duration `yaml:"auth_backoff" doc:"the window failed logins are counted in, and how long an address is refused once it reaches auth_failures_before_backoff"`
+	// Slowing down token guessing (session/backoff.go).
+	AuthFailureDelay Duration `yaml:"auth_failure_delay" doc:"a login whose password is no correctly signed token (malformed, bad signature, unknown key, empty) gets its FATAL this late; 0 answers at once"`
+	AuthFailureRate  float64  `yaml:"auth_failure_rate" doc:"such failed signature checks per second per client IP address, beyond auth_failure_burst, before that address's uncached tokens wait for their check; 0 disables"`
+	AuthFailureBurst int      `yaml:"auth_failure_burst" doc:"failed signature checks one client IP address may have at once before auth_failure_rate applies"`
 }
 
 // Default returns the configuration used for every key a file leaves out.
 func Default() Config {
 	return Config{
 		Listen:          "127.0.0.1:6432",
+		ServeUpstream:   true,
 		LogLevel:        "info",
 		LogFormat:       "console",
 		ShutdownTimeout: Duration(30 * time.Second),
@@ -159,8 +169,9 @@ func Default() Config {
 			MaxPassword:        64 << 10,
 			MaxMessage:         64 << 20,
 
-			AuthFailuresBeforeBackoff: 5,
-			AuthBackoff:               Duration(30 * time.Second),
+			AuthFailureDelay: Duration(time.Second),
+			AuthFailureRate:  10,
+			AuthFailureBurst: 20,
 		},
 	}
 }
@@ -247,6 +258,8 @@ func typeWords(goType string) string {
 		return "an integer"
 	case goType == "bool":
 		return "true or false"
+	case goType == "float64":
+		return "a number"
 	case goType == "string":
 		return "a string"
 	case strings.HasPrefix(goType, "map"), strings.HasSuffix(goType, "PeerMap"):
@@ -423,11 +436,22 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxMessage < 1<<20 {
 		bad("limits.max_message", "must be at least 1 MiB")
 	}
-	if c.Limits.AuthFailuresBeforeBackoff < 0 {
-		bad("limits.auth_failures_before_backoff", "must not be negative (0 disables the backoff)")
+	if c.Limits.AuthFailureDelay < 0 {
+		bad("limits.auth_failure_delay", "must not be negative (0 answers at once)")
 	}
-	if c.Limits.AuthBackoff < 0 || c.Limits.AuthFailuresBeforeBackoff > 0 && c.Limits.AuthBackoff == 0 {
-		bad("limits.auth_backoff", "must be positive while limits.auth_failures_before_backoff is set")
+	if c.Limits.AuthFailureRate < 0 {
+		bad("limits.auth_failure_rate", "must not be negative (0 disables the limit)")
+	}
+	if c.Limits.AuthFailureRate > 0 && c.Limits.AuthFailureBurst < 1 {
+		bad("limits.auth_failure_burst", "must be at least 1 while limits.auth_failure_rate is set")
+	}
+	for _, name := range c.Checks.Skip {
+		if !lockdown.Valid(name) {
+			bad("checks.skip", "unknown check %q; the checks are %s", name, lockdown.CheckNames())
+		}
+	}
+	if !c.ServeUpstream && len(c.Databases) == 0 {
+		bad("serve_upstream_database", "false, and databases is empty: pgtoken would serve no database")
 	}
 	return errors.Join(errs...)
 }

@@ -198,6 +198,12 @@ func setValue(v reflect.Value, s string) error {
 			return fmt.Errorf("want an integer, got %q", s)
 		}
 		v.SetInt(int64(n))
+	case reflect.Float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("want a number, got %q", s)
+		}
+		v.SetFloat(f)
 	case reflect.Bool:
 		b, err := strconv.ParseBool(s)
 		if err != nil {
@@ -345,7 +351,7 @@ func Docs() string {
 		}
 		fmt.Fprintf(&b, "| `%s` | `%s` | `%s` | %s | %s |\n", f.path, def, f.env, reload, f.doc)
 	}
-	b.WriteString("| `databases.<name>.upstream` | — | `PGTOKEN_DATABASES_<NAME>_UPSTREAM` | — | a client database name mapped to its own upstream (NAME in the environment is the name in upper case) |\n")
+	b.WriteString("| `databases.<name>.upstream` | — | `PGTOKEN_DATABASES_<NAME>_UPSTREAM` | — | a client database name mapped to its own upstream (NAME in the environment is the name in upper case); only these names, and the upstream's own database (serve_upstream_database), are served: any other is refused at login with 3D000 |\n")
 	b.WriteString("| `databases.<name>.pool_size` | `0` (= `pool.size`) | `PGTOKEN_DATABASES_<NAME>_POOL_SIZE` | yes | that database's pool size |\n")
 	return b.String()
 }

@@ -132,8 +132,8 @@ Metrics: curl http://%[7]s/metrics   (also /healthz and /readyz)
 Mint more tokens with the demo's key:
   go run ./cmd/pgtoken mint --key %[6]s --claims '{"role":"web_user","sub":"carol"}' --ttl 1h
 
-Tokens last 8 hours. After 5 failed logins from one address pgtoken refuses
-that address for 30 s (limits.auth_backoff), valid tokens included.
+Tokens last 8 hours. A password that is no correctly signed token is
+answered after 1 s (limits.auth_failure_delay); valid tokens never wait for it.
 Ctrl-C stops the demo and removes everything.
 `, p, pg.Port, alice, bob, admin, keyFile, metricsAddr)
 	<-ctx.Done()

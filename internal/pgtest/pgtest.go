@@ -56,9 +56,10 @@ func Config(pg *testpg.Cluster, db string) config.Config {
 	cfg.JWT.AllowedRoles = config.StringList{"web_anon", "web_user", "web_admin"}
 	cfg.JWT.AnonRole = "web_anon"
 	cfg.Claims.JSON = "request.jwt.claims"
-	// Tests send many bad tokens from 127.0.0.1; those about the backoff
-	// turn it on.
-	cfg.Limits.AuthFailuresBeforeBackoff = 0
+	// Tests send many bad tokens from 127.0.0.1; those about slowing down
+	// failed logins turn it on.
+	cfg.Limits.AuthFailureDelay = 0
+	cfg.Limits.AuthFailureRate = 0
 	return cfg
 }
 

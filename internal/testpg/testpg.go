@@ -202,7 +202,7 @@ func (c *Cluster) prepare(ctx context.Context, opts Options) error {
 	if opts.SSL {
 		c.CertFile = filepath.Join(c.Dir, "server.crt")
 		c.KeyFile = filepath.Join(c.Dir, "server.key")
-		if err := writeSelfSignedCert(c.CertFile, c.KeyFile); err != nil {
+		if err := WriteSelfSignedCert(c.CertFile, c.KeyFile); err != nil {
 			return fmt.Errorf("testpg: generating certificate: %w", err)
 		}
 		for _, f := range []string{c.CertFile, c.KeyFile} {

@@ -13,11 +13,11 @@ import (
 	"time"
 )
 
-// writeSelfSignedCert writes a fresh self-signed ECDSA P-256 certificate for
+// WriteSelfSignedCert writes a fresh self-signed ECDSA P-256 certificate for
 // CN=localhost (SANs localhost, 127.0.0.1, ::1) to certFile and its key to
 // keyFile (mode 0600). The certificate is its own CA, so clients can trust it
 // with sslrootcert=certFile and verify-full.
-func writeSelfSignedCert(certFile, keyFile string) error {
+func WriteSelfSignedCert(certFile, keyFile string) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err

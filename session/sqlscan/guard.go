@@ -112,10 +112,10 @@ func (p *Policy) checkStatement(text string, st Statement) string {
 	// when they are a query of their own. A caller that intercepts those
 	// queries before calling Check never gets here with them; anywhere
 	// else they would reset the token's role and claims, so refuse.
-	switch st.Kind {
-	case KindResetAll:
+	switch {
+	case st.Kind == KindResetAll:
 		return reasonResetAll
-	case KindDiscard:
+	case st.Kind == KindDiscard && !harmlessDiscard(st.Name):
 		return reasonDiscard
 	}
 	if st.Flags&FlagUnterminated != 0 {
@@ -301,6 +301,9 @@ func (p *Policy) segment(l lexer, t token) string {
 	s := l.s
 	switch {
 	case isKeyword(s, t, "discard"):
+		if n := l.next(); n.kind == tIdent && harmlessDiscard(lowerASCII(s[n.start:n.end])) {
+			return ""
+		}
 		return reasonDiscard
 	case isKeyword(s, t, "set"):
 		return p.settingReason(parseSetting(&l, verbSet), verbSet, false)
@@ -740,4 +743,15 @@ func staticExecute(l lexer) bool {
 	}
 	n := l.next()
 	return n.kind == tEOF || isSelf(s, n, ';') || isKeyword(s, n, "into") || isKeyword(s, n, "using")
+}
+
+// harmlessDiscard reports whether DISCARD of what (as Statement.Name has
+// it) leaves the identity alone: DISCARD TEMP, SEQUENCES and PLANS may run
+// anywhere; DISCARD ALL resets the role and settings.
+func harmlessDiscard(what string) bool {
+	switch what {
+	case "temp", "temporary", "sequences", "plans":
+		return true
+	}
+	return false
 }

@@ -89,11 +89,10 @@ var guardDeny = []string{
 	"prepare p as select set_config($1, $2, false)",
 	"declare c cursor for select set_config('role', 'web_admin', false)",
 	"create view v as select set_config('role', 'web_admin', false)",
-	// 4: RESET ALL and DISCARD
+	// 4: RESET ALL and DISCARD ALL
 	"RESET ALL",
 	"DISCARD ALL",
-	"discard plans",
-	"DISCARD TEMP",
+	"discard all; discard temp",
 	"select 1; RESET ALL",
 	// 5: DO blocks
 	"DO $$BEGIN PERFORM 1; END$$",
@@ -190,6 +189,10 @@ var guardDeny = []string{
 
 // guardAllow lists statements the guard must let through.
 var guardAllow = []string{
+	// DISCARD TEMP, SEQUENCES and PLANS leave the identity alone.
+	"discard plans",
+	"DISCARD TEMP",
+	"discard sequences; select 1",
 	"SELECT 1",
 	"UPDATE users SET role = 'x'",
 	"update users set role = 'x', sub = '2' where id = 1",

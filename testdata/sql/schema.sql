@@ -9,6 +9,10 @@
 -- Model: pgtoken logs in as "authenticator" and runs each transaction as
 --   SET LOCAL ROLE <role from token>; SET LOCAL jwt.claims.<name> = <value>;
 -- so the token roles below and row-level security decide what a client sees.
+--
+-- The database is locked down as docs/SECURITY.md says (pgtoken checks it
+-- and refuses a role that fails): authenticator NOINHERIT with no privileges
+-- of its own, nobody with TEMPORARY or CREATE.
 
 -- Hash passwords set below with SCRAM whatever the server default.
 SET password_encryption = 'scram-sha-256';
