@@ -40,7 +40,9 @@ type Result struct {
 	Status  Status
 	Elapsed float64
 	Output  []string // its output lines, without the trailing newline
-	Note    string   // why it has no result (see timedOut), overriding its output
+	Note    string   // why it has no result (see timeout), overriding its output
+
+	finished bool // a pass, fail or skip event came
 }
 
 // Run collects the events of one `go test -json` run.
@@ -145,8 +147,13 @@ func (r *Run) Add(ev event) (pkg, done string) {
 			r.partial[k] = s
 		}
 	case "pass", "fail", "skip":
-		res.Status = Status(ev.Action)
-		res.Elapsed = ev.Elapsed
+		// With go test -count, a test runs several times: one failure
+		// is its outcome.
+		if !res.finished || res.Status != Fail {
+			res.Status = Status(ev.Action)
+		}
+		res.finished = true
+		res.Elapsed = max(res.Elapsed, ev.Elapsed)
 	}
 	return "", ""
 }
@@ -429,7 +436,7 @@ func clip(s string) string {
 
 var (
 	hexRun   = regexp.MustCompile(`[0-9a-f]{6,}`)
-	digitRun = regexp.MustCompile(`[0-9]+`)
+	digitRun = regexp.MustCompile(`\b[0-9]+\b`)
 	sqlstate = regexp.MustCompile(`SQLSTATE ([0-9A-Z]{5})`)
 )
 
@@ -445,9 +452,9 @@ func GroupKey(cause string) string {
 	return Normalize(cause)
 }
 
-// Normalize turns a cause into a group key: numbers and hexadecimal runs
-// (PIDs, OIDs, statement names, durations) become N and X; SQLSTATEs are
-// kept.
+// Normalize turns a cause into a group key: numbers standing alone (PIDs,
+// OIDs, ports) become N and hexadecimal runs (statement names) X; digits
+// that are part of a word (int4, UTF8) and SQLSTATEs are kept.
 func Normalize(cause string) string {
 	cause = strings.ReplaceAll(cause, `\"`, `"`) // a quoted error quotes its quotes
 	states := sqlstate.FindAllString(cause, -1)

@@ -123,6 +123,14 @@ func TestRunCollectsEvents(t *testing.T) {
 		`{"Action":"fail","Package":"github.com/jackc/pgx/v5/pgxpool","Test":"TestPanics"}`,
 		`{"Action":"fail","Package":"github.com/jackc/pgx/v5/pgxpool"}`,
 	)
+	// go test -count=2: one failure is the outcome.
+	for _, st := range []string{"fail", "pass"} {
+		r.Add(event{Action: "run", Package: "github.com/jackc/pgx/v5/pgxpool", Test: "TestTwice"})
+		r.Add(event{Action: st, Package: "github.com/jackc/pgx/v5/pgxpool", Test: "TestTwice"})
+	}
+	if got := r.Tests[Key{"pgxpool", "TestTwice"}].Status; got != Fail {
+		t.Errorf("a test that failed once and then passed: %s", got)
+	}
 	if got := r.Cause(Key{"pgxpool", "TestAlongside"}); got != "no result: its test binary ended with panic: runtime error: nil pointer (in TestPanics)" {
 		t.Errorf("test alongside a panic: cause %q", got)
 	}
@@ -192,6 +200,34 @@ func TestNormalize(t *testing.T) {
 	} {
 		if got := Normalize(in); got != want {
 			t.Errorf("Normalize(%q)\n = %q\nwant %q", in, got, want)
+		}
+	}
+}
+
+func TestSummarizeLog(t *testing.T) {
+	log := strings.Join([]string{
+		"2026-12-05T17:46:04.154Z\tINFO\tsession/server.go:1\tclient connected\t{\"client\": \"127.0.0.1:1\"}",
+		"2026-12-05T17:46:04.154Z\tWARN\tsession/handler.go:217\tpgtoken upkeep query failed\t{\"conn\": 1, \"sqlstate\": \"42501\", \"message\": \"permission denied to set parameter \\\"log_statement\\\"\"}",
+		"2026-12-05T17:46:04.781Z\tWARN\tsession/handler.go:217\tpgtoken upkeep query failed\t{\"conn\": 2, \"sqlstate\": \"22021\", \"message\": \"invalid byte sequence for encoding \\\"UTF8\\\": 0x00\"}",
+		"2026-12-05T17:46:04.860Z\tWARN\tsession/handler.go:217\tpgtoken upkeep query failed\t{\"conn\": 3, \"sqlstate\": \"22021\", \"message\": \"invalid byte sequence for encoding \\\"UTF8\\\": 0x00\"}",
+		"2026-12-05T17:46:05.000Z\tERROR\tsession/pool/conn.go:9\tserver connection lost\t{\"error\": \"EOF\"}",
+		"not a log line",
+	}, "\n")
+	got, err := SummarizeLog(strings.NewReader(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []LogGroup{
+		{`WARN pgtoken upkeep query failed: invalid byte sequence for encoding "UTF8": 0x00 (SQLSTATE 22021)`, 2},
+		{`ERROR server connection lost: EOF`, 1},
+		{`WARN pgtoken upkeep query failed: permission denied to set parameter "log_statement" (SQLSTATE 42501)`, 1},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("%d: %+v, want %+v", i, got[i], want[i])
 		}
 	}
 }

@@ -46,6 +46,7 @@ type options struct {
 	timeout  time.Duration
 	poolSize int
 	parallel int
+	count    int
 	major    int
 	from     string
 }
@@ -60,6 +61,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "directory for the raw logs (go test -json, pgtoken, report); default: a new temporary directory")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "go test -timeout: how long one package's tests may take before its test binary is stopped")
 	flag.IntVar(&o.poolSize, "pool-size", 50, "pgtoken's pool.size")
+	flag.IntVar(&o.count, "count", 1, "go test -count: run each test this many times (a test that fails once fails)")
 	flag.IntVar(&o.parallel, "p", 0, "go test -p (packages tested at once); 0: go's default")
 	flag.StringVar(&o.from, "from", "", "judge the <mode>.json logs saved in this directory by an earlier run (against the expected file as it is now) instead of running anything")
 	flag.IntVar(&o.major, "pg-major", 15, "the PostgreSQL major version the expected file is for (0: any)")
@@ -157,6 +159,7 @@ func run(ctx context.Context, o options) (bool, error) {
 
 	runs := map[string]*Run{}
 	took := map[string]time.Duration{}
+	logs := map[string][]LogGroup{}
 	for _, mode := range o.modes {
 		t0 := time.Now()
 		r, err := runMode(ctx, o, mode, pg, src, HangingTests(mode, expected))
@@ -165,6 +168,11 @@ func run(ctx context.Context, o options) (bool, error) {
 		}
 		runs[mode], took[mode] = r, time.Since(t0)
 		logf("%s run took %s", mode, took[mode].Round(time.Second))
+		if mode != Direct {
+			if logs[mode], err = summarizeLogFile(pgtokenLog(o.out, mode)); err != nil {
+				return false, err
+			}
+		}
 	}
 
 	rep := &report{
@@ -175,6 +183,7 @@ func run(ctx context.Context, o options) (bool, error) {
 		Expected: expected,
 		Partial:  o.run != "",
 		Total:    time.Since(start),
+		Logs:     logs,
 	}
 	if err := os.WriteFile(filepath.Join(o.out, "header.txt"), []byte(rep.Header+"\n"), 0o644); err != nil {
 		return false, err
@@ -199,7 +208,7 @@ func (rep *report) save(path string) (bool, error) {
 
 // judgeSaved reports on the logs an earlier run saved in o.from.
 func judgeSaved(o options, expected []Expectation, start time.Time) (bool, error) {
-	rep := &report{Modes: o.modes, Runs: map[string]*Run{}, Took: map[string]time.Duration{}, Expected: expected, Partial: o.run != ""}
+	rep := &report{Modes: o.modes, Runs: map[string]*Run{}, Took: map[string]time.Duration{}, Logs: map[string][]LogGroup{}, Expected: expected, Partial: o.run != ""}
 	header, err := os.ReadFile(filepath.Join(o.from, "header.txt"))
 	if err != nil {
 		return false, err
@@ -217,6 +226,11 @@ func judgeSaved(o options, expected []Expectation, start time.Time) (bool, error
 			}
 		}
 		rep.Runs[mode] = r
+		if mode != Direct {
+			if rep.Logs[mode], err = summarizeLogFile(pgtokenLog(o.from, mode)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return false, err
+			}
+		}
 	}
 	rep.Total = time.Since(start)
 	return rep.save(filepath.Join(o.from, "report-again.txt"))
@@ -239,7 +253,7 @@ func runMode(ctx context.Context, o options, mode string, pg *testpg.Cluster, sr
 		}
 		dsn = fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable", a.Port(), Role, token, db)
 	}
-	args := []string{"test", "-json", "-count=1", "-timeout", o.timeout.String()}
+	args := []string{"test", "-json", fmt.Sprintf("-count=%d", o.count), "-timeout", o.timeout.String()}
 	if o.parallel > 0 {
 		args = append(args, fmt.Sprintf("-p=%d", o.parallel))
 	}
@@ -344,13 +358,26 @@ func pgtokenConfig(o options, mode string, pg *testpg.Cluster, db string) config
 	return cfg
 }
 
-// startPgtoken starts pgtoken in this process, logging to out/<mode>.pgtoken.log.
+// pgtokenLog is where pgtoken logs in mode.
+func pgtokenLog(dir, mode string) string { return filepath.Join(dir, mode+".pgtoken.log") }
+
+// summarizeLogFile summarizes one pgtoken log (see SummarizeLog).
+func summarizeLogFile(path string) ([]LogGroup, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return SummarizeLog(f)
+}
+
+// startPgtoken starts pgtoken in this process, logging to pgtokenLog.
 func startPgtoken(ctx context.Context, o options, mode string, pg *testpg.Cluster, db string) (*app.App, error) {
 	zc := zap.NewDevelopmentConfig()
 	zc.Level = zap.NewAtomicLevelAt(zap.InfoLevel)
 	zc.Development = false
 	zc.DisableStacktrace = true
-	zc.OutputPaths = []string{filepath.Join(o.out, mode+".pgtoken.log")}
+	zc.OutputPaths = []string{pgtokenLog(o.out, mode)}
 	zc.ErrorOutputPaths = zc.OutputPaths
 	log, err := zc.Build()
 	if err != nil {

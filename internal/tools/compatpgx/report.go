@@ -17,6 +17,7 @@ type report struct {
 	Expected []Expectation
 	Partial  bool // a -run filter: stale and unknown expectations are not reported
 	Total    time.Duration
+	Logs     map[string][]LogGroup // pgtoken's warnings and errors per mode
 
 	directBad  []Key  // tests that did not pass or skip directly
 	diffs      []Diff // every mode's differences
@@ -89,6 +90,14 @@ func (r *report) write(w io.Writer) {
 		}
 		fmt.Fprintf(w, "\nExpected, each test:\n")
 		writeDiffs(w, exp, true)
+	}
+	for _, mode := range r.Modes[1:] {
+		if g := r.Logs[mode]; len(g) > 0 {
+			fmt.Fprintf(w, "\npgtoken's warnings and errors in %s mode (they fail nothing; a defect no test notices can show here):\n", mode)
+			for _, l := range g {
+				fmt.Fprintf(w, "  %5d  %s\n", l.Count, l.Text)
+			}
+		}
 	}
 	for _, mode := range r.Modes[1:] {
 		if s := r.stale[mode]; len(s) > 0 {
