@@ -54,10 +54,11 @@ func kindByName(name string) (Kind, bool) {
 //	<mode> <package> <test> <kind> <reason...>
 //
 // mode is transaction, session or both; test covers its subtests too. A
-// reason that begins with "hangs:" says the test waits forever in that
-// mode (for a notification that cannot come, say), so it is not run there
-// at all: go test -skip. Only a top-level test may hang, and a test name
-// is skipped in every package tested.
+// reason that begins with "hangs:" says the test waits in that mode for
+// what cannot happen through pgtoken (a notification, its backend's
+// death), until its own deadline or go test's timeout, so it is not run
+// there at all: go test -skip. Only a top-level test may hang, and a test
+// name is skipped in every package tested.
 type Expectation struct {
 	Line   int
 	Mode   string
@@ -72,7 +73,7 @@ func (e Expectation) String() string {
 }
 
 // Hangs reports whether the test is not run in e's mode because it would
-// wait until go test's timeout.
+// only wait there (see Expectation).
 func (e Expectation) Hangs() bool { return strings.HasPrefix(e.Reason, "hangs:") }
 
 // HangingTests returns the go test -skip pattern for mode's hanging tests,
