@@ -117,6 +117,10 @@ func TestCompare(t *testing.T) {
 	if got := HangingTests(Session, expected); got != "" {
 		t.Errorf("HangingTests(session) = %q", got)
 	}
+	both := []Expectation{{Mode: "both", Test: "TestX", Kind: "backend-pid", Reason: "hangs: forever"}}
+	if got := HangingTests(Direct, both); got != "" {
+		t.Errorf("HangingTests(direct) = %q: the reference run must run every test", got)
+	}
 	unknown := Unknown(expected, direct)
 	if len(unknown) != 1 || unknown[0].Line != 4 {
 		t.Errorf("unknown %+v, want line 4", unknown)

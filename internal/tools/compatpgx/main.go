@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -160,11 +161,15 @@ func run(ctx context.Context, o options) (bool, error) {
 	runs := map[string]*Run{}
 	took := map[string]time.Duration{}
 	logs := map[string][]LogGroup{}
+	stuckNotes := map[string]string{}
 	for _, mode := range o.modes {
 		t0 := time.Now()
-		r, err := runMode(ctx, o, mode, pg, src, HangingTests(mode, expected))
+		r, stuck, err := runMode(ctx, o, mode, pg, src, HangingTests(mode, expected))
 		if err != nil {
 			return false, fmt.Errorf("%s run: %w", mode, err)
+		}
+		if stuck != "" {
+			stuckNotes[mode] = stuck
 		}
 		runs[mode], took[mode] = r, time.Since(t0)
 		logf("%s run took %s", mode, took[mode].Round(time.Second))
@@ -184,6 +189,7 @@ func run(ctx context.Context, o options) (bool, error) {
 		Partial:  o.run != "",
 		Total:    time.Since(start),
 		Logs:     logs,
+		Stuck:    stuckNotes,
 	}
 	if err := os.WriteFile(filepath.Join(o.out, "header.txt"), []byte(rep.Header+"\n"), 0o644); err != nil {
 		return false, err
@@ -238,18 +244,18 @@ func judgeSaved(o options, expected []Expectation, start time.Time) (bool, error
 
 // runMode runs the suite once: directly, or through a pgtoken of its own
 // in mode.
-func runMode(ctx context.Context, o options, mode string, pg *testpg.Cluster, src, skip string) (*Run, error) {
+func runMode(ctx context.Context, o options, mode string, pg *testpg.Cluster, src, skip string) (_ *Run, stuck string, _ error) {
 	db := dbName(mode)
 	dsn := pg.DSN(Role, RolePassword, db)
 	if mode != Direct {
 		a, err := startPgtoken(ctx, o, mode, pg, db)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		defer stopPgtoken(a)
+		defer func() { stuck = stopPgtoken(a, o.out, mode) }()
 		token, err := mintToken()
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		dsn = fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable", a.Port(), Role, token, db)
 	}
@@ -264,7 +270,8 @@ func runMode(ctx context.Context, o options, mode string, pg *testpg.Cluster, sr
 		args = append(args, "-skip", skip)
 	}
 	args = append(args, o.pkgs...)
-	return goTest(ctx, src, testEnv(dsn), args, mode, o.out)
+	r, err := goTest(ctx, src, testEnv(dsn), args, mode, o.out)
+	return r, "", err
 }
 
 // goTest runs `go test -json`, saving its output under out and reporting
@@ -387,8 +394,9 @@ func startPgtoken(ctx context.Context, o options, mode string, pg *testpg.Cluste
 }
 
 // stopPgtoken closes pgtoken, giving up after a while: a pgtoken that does
-// not stop is a finding, reported in the log, not a reason to hang.
-func stopPgtoken(a *app.App) {
+// not stop is a finding, reported with its goroutines, not a reason to
+// hang. It returns that finding, or "".
+func stopPgtoken(a *app.App, out, mode string) (stuck string) {
 	done := make(chan error, 1)
 	go func() { done <- a.Close() }()
 	select {
@@ -397,9 +405,31 @@ func stopPgtoken(a *app.App) {
 			logf("pgtoken close: %v", err)
 		}
 	case <-time.After(30 * time.Second):
-		logf("pgtoken did not close within 30s (left running until this program exits)")
+		path := filepath.Join(out, mode+".goroutines.txt")
+		stuck = "pgtoken did not close within 30s after the last test (left running until this program exits)"
+		if err := saveGoroutines(path); err != nil {
+			stuck += "; saving its goroutines: " + err.Error()
+		} else {
+			stuck += "; its goroutines are in " + path
+		}
+		logf("%s", stuck)
 	}
 	_ = a.Log.Sync()
+	return stuck
+}
+
+// saveGoroutines writes the stacks of every goroutine of this process,
+// pgtoken's included, to path.
+func saveGoroutines(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("goroutine").WriteTo(f, 2); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func logf(format string, args ...any) {

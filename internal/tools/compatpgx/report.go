@@ -18,6 +18,7 @@ type report struct {
 	Partial  bool // a -run filter: stale and unknown expectations are not reported
 	Total    time.Duration
 	Logs     map[string][]LogGroup // pgtoken's warnings and errors per mode
+	Stuck    map[string]string     // mode → pgtoken did not close after its run
 
 	directBad  []Key  // tests that did not pass or skip directly
 	diffs      []Diff // every mode's differences
@@ -51,7 +52,7 @@ func (r *report) build() bool {
 	if !r.Partial {
 		r.unknown = Unknown(r.Expected, direct)
 	}
-	return len(r.directBad) == 0 && r.unexpected == 0
+	return len(r.directBad) == 0 && r.unexpected == 0 && len(r.Stuck) == 0
 }
 
 func (r *report) write(w io.Writer) {
@@ -92,6 +93,9 @@ func (r *report) write(w io.Writer) {
 		writeDiffs(w, exp, true)
 	}
 	for _, mode := range r.Modes[1:] {
+		if note := r.Stuck[mode]; note != "" {
+			fmt.Fprintf(w, "\n%s mode: %s.\n", mode, note)
+		}
 		if g := r.Logs[mode]; len(g) > 0 {
 			fmt.Fprintf(w, "\npgtoken's warnings and errors in %s mode (they fail nothing; a defect no test notices can show here):\n", mode)
 			for _, l := range g {
@@ -124,6 +128,8 @@ func (r *report) write(w io.Writer) {
 		fmt.Fprintln(w, "FAIL: tests failed directly.")
 	case r.unexpected > 0:
 		fmt.Fprintf(w, "FAIL: %d unexpected differences.\n", r.unexpected)
+	case len(r.Stuck) > 0:
+		fmt.Fprintln(w, "FAIL: pgtoken did not close.")
 	default:
 		fmt.Fprintln(w, "ok: every difference is expected.")
 	}
