@@ -62,7 +62,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "directory for the raw logs (go test -json, pgtoken, report); default: a new temporary directory")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "go test -timeout: how long one package's tests may take before its test binary is stopped")
 	flag.IntVar(&o.poolSize, "pool-size", 50, "pgtoken's pool.size")
-	flag.IntVar(&o.count, "count", 1, "go test -count: run each test this many times (a test that fails once fails)")
+	flag.IntVar(&o.count, "count", 1, "go test -count: run each test this many times (a test that fails once fails; a few pgx tests, e.g. stdlib TestRegisterConnConfig, fail directly when run twice in one binary)")
 	flag.IntVar(&o.parallel, "p", 0, "go test -p (packages tested at once); 0: go's default")
 	flag.StringVar(&o.from, "from", "", "judge the <mode>.json logs saved in this directory by an earlier run (against the expected file as it is now) instead of running anything")
 	flag.IntVar(&o.major, "pg-major", 15, "the PostgreSQL major version the expected file is for (0: any)")
