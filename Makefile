@@ -41,7 +41,8 @@ fuzz:
 ## compat-pgx: pgx's own test suite (the pgx of go.mod, from the module cache) against a throwaway
 ## Postgres directly, then through pgtoken in transaction and in session mode; prints the three
 ## results side by side and fails on a difference not listed in testdata/compat/pgx-expected.txt.
-## About 15 minutes. COMPAT_PGX_FLAGS passes flags, e.g. -modes session -run 'TestConn' -out DIR
+## About 3 minutes once pgx's tests are compiled, plus 3 for each package whose tests hang
+## (go test -timeout). COMPAT_PGX_FLAGS passes flags, e.g. -modes session -run 'TestConn' -out DIR
 ## (the raw logs), or -from DIR to judge saved logs again.
 COMPAT_PGX_FLAGS ?=
 compat-pgx:

@@ -60,7 +60,7 @@ func main() {
 	flag.StringVar(&o.run, "run", "", "go test -run pattern (a partial run reports no stale expectations)")
 	flag.StringVar(&o.expected, "expected", filepath.Join("testdata", "compat", "pgx-expected.txt"), "expected-differences file")
 	flag.StringVar(&o.out, "out", "", "directory for the raw logs (go test -json, pgtoken, report); default: a new temporary directory")
-	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "go test -timeout: how long one package's tests may take before its test binary is stopped")
+	flag.DurationVar(&o.timeout, "timeout", 3*time.Minute, "go test -timeout: how long one package's tests may take before its test binary is stopped (the slowest takes about 1.5 minutes through pgtoken; a hang costs this much)")
 	flag.IntVar(&o.poolSize, "pool-size", 50, "pgtoken's pool.size")
 	flag.IntVar(&o.count, "count", 1, "go test -count: run each test this many times (a test that fails once fails; a few pgx tests, e.g. stdlib TestRegisterConnConfig, fail directly when run twice in one binary)")
 	flag.IntVar(&o.parallel, "p", 0, "go test -p (packages tested at once); 0: go's default")
