@@ -6,7 +6,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 30s
 
-.PHONY: all build test test-short vet lint fuzz demo bench bench-quick bench-micro soak stress manyclients docs clean
+.PHONY: all build test test-short vet lint fuzz demo bench bench-quick bench-micro soak stress manyclients compat-pgx docs clean
 
 all: build
 
@@ -39,6 +39,16 @@ fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; \
 	done
+
+## compat-pgx: pgx's own test suite (the pgx of go.mod, from the module cache) against a throwaway
+## Postgres directly, then through pgtoken in transaction and in session mode; prints the three
+## results side by side and fails on a difference not listed in testdata/compat/pgx-expected.txt.
+## About 3 minutes once pgx's tests are compiled, plus 3 for each package whose tests hang
+## (go test -timeout). COMPAT_PGX_FLAGS passes flags, e.g. -modes session -run 'TestConn' -out DIR
+## (the raw logs), or -from DIR to judge saved logs again.
+COMPAT_PGX_FLAGS ?=
+compat-pgx:
+	$(GO) run ./internal/tools/compatpgx $(COMPAT_PGX_FLAGS)
 
 ## demo: a throwaway Postgres with demo roles and RLS data, pgtoken in front, and a psql line to paste.
 demo:
