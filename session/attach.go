@@ -31,6 +31,7 @@ const (
 	pOutsideReset                             // its identity reset (*pool.Conn)
 	pEnd                                      // the rollback or DISCARD ALL after the client left (*pool.Conn)
 	pCheck                                    // login: startup settings checked by the server (*checkState)
+	pDiscardAll                               // the client's DISCARD ALL on its own connection (*pool.Conn)
 )
 
 type ownParseRef struct {
@@ -209,6 +210,13 @@ func (s *Session) captured(c *pool.Conn, d tracker.Done) {
 // stale, so they are parsed again when next used (under mu, at a point
 // where the server runs what it is sent: outside any failed batch).
 func (s *Session) closeStale(c *pool.Conn) {
+	names, epoch := c.Pool().StaleSince(c.StaleSeen)
+	for _, name := range names {
+		if c.Stmts.Remove(name) {
+			c.Stale = append(c.Stale, name)
+		}
+	}
+	c.StaleSeen = epoch
 	for _, name := range c.Stale {
 		s.t.Push(tracker.Unit{Kind: tracker.Close, Own: tracker.OwnMaint})
 		c.W.Target('C', 'S', name)

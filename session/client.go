@@ -397,7 +397,7 @@ func (s *Session) onQuery(frame []byte) error {
 	}
 	s.mu.Lock()
 	var r sqlRewrite
-	if k := stmts[0].Kind; len(stmts) == 1 && (k == sqlscan.KindPrepare || k == sqlscan.KindExecute) {
+	if k := stmts[0].Kind; len(stmts) == 1 && (k == sqlscan.KindPrepare || k == sqlscan.KindExecute) && !s.transparent() {
 		var werr *wire.Error
 		if r, werr = s.sqlPrepared(c, sql, &stmts[0]); werr != nil {
 			s.mu.Unlock()

@@ -149,7 +149,7 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 		s.afterExecute(m.stmt)
 	case 'C':
 		c.W.AppendBytes(frame)
-		s.t.Push(tracker.Unit{Kind: tracker.Close})
+		s.t.Push(tracker.Unit{Kind: tracker.Close, Purpose: m.purpose, Ref: m.ref})
 	case 'H':
 		c.W.AppendBytes(frame)
 	case 'S':
@@ -217,7 +217,10 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg, waited bool) er
 				st.custom = append(st.custom, sqlscan.SetConfigNames(sql, &s.scan[i])...)
 			}
 		}
-		if n != "" {
+		switch {
+		case n != "" && s.transparent():
+			st.server = strings.Clone(n) // n is a view of the client's read buffer
+		case n != "":
 			st.server = serverStmtName(s.ident.Role, st.types, st.text, "parse")
 		}
 		m.name, m.stmt = name, st
@@ -232,7 +235,7 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg, waited bool) er
 			return nil
 		}
 		if m.stmt = s.lookupStmt(stmt); m.stmt == nil {
-			m.refuse = noSuchStatement(stmt)
+			m.stmt, m.refuse = s.unknownStmt(stmt)
 		}
 	case 'D':
 		k, name, ok := wire.TargetName(body)
@@ -242,7 +245,7 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg, waited bool) er
 		if k == 'S' {
 			m.name = name
 			if m.stmt = s.lookupStmt(name); m.stmt == nil {
-				m.refuse = noSuchStatement(name)
+				m.stmt, m.refuse = s.unknownStmt(name)
 			}
 			return nil
 		}
@@ -266,10 +269,13 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg, waited bool) er
 			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Close message")
 		}
 		if k == 'S' {
-			// The statement lives in pgtoken: closing it is the client's
-			// business only. Postgres answers CloseComplete even for a name
-			// that does not exist.
-			m.local, m.purpose, m.ref = wire.MsgCloseComplete, pCloseStmt, string(name)
+			m.purpose, m.ref = pCloseStmt, string(name)
+			if isReserved(text(name)) || !s.transparent() {
+				// The statement lives in pgtoken: closing it is the
+				// client's business only. Postgres answers CloseComplete
+				// even for a name that does not exist.
+				m.local = wire.MsgCloseComplete
+			}
 			return nil
 		}
 		if s.portal(name) == nil {
@@ -285,6 +291,17 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg, waited bool) er
 // isReserved reports whether a statement or portal name is pgtoken's.
 func isReserved(name string) bool {
 	return len(name) >= 8 && strings.EqualFold(name[:8], "pgtoken_")
+}
+
+// unknownStmt decides about a Bind or Describe of a statement the client
+// did not Parse: on its own connection (session mode) it may be one the
+// client made with SQL PREPARE, so it goes to the server, which knows;
+// otherwise it does not exist.
+func (s *Session) unknownStmt(name []byte) (*clientStmt, *wire.Error) {
+	if s.transparent() && len(name) > 0 && !isReserved(text(name)) {
+		return &clientStmt{server: string(name)}, nil
+	}
+	return nil, noSuchStatement(name)
 }
 
 func noSuchStatement(name []byte) *wire.Error {

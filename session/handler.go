@@ -231,6 +231,7 @@ func (s *Session) done(d tracker.Done) {
 		if r.c.Stmts.Remove(r.server) {
 			r.c.Stale = append(r.c.Stale, r.server)
 		}
+		r.c.Pool().MarkStale(r.server) // and on every other conn of the pool
 	case pCapture:
 		s.captured(d.Ref.(*pool.Conn), d)
 	case pOutside:
@@ -246,14 +247,14 @@ func (s *Session) done(d tracker.Done) {
 		case d.Err != nil && !lost && s.conn == r.c:
 			s.letGo(r.c, true)
 		case d.Err == nil && r.discardAll:
-			// DISCARD ALL dropped every prepared statement, setting,
-			// temporary object, lock and LISTEN: the conn holds nothing.
-			r.c.Stmts.Clear()
-			clear(r.c.Prepared)
-			clear(r.c.Params)
-			r.c.UnnamedOwner = 0
-			r.c.Stale = r.c.Stale[:0]
+			wipe(r.c)
 			s.wiped = true
+		}
+	case pDiscardAll:
+		if c := d.Ref.(*pool.Conn); d.Err == nil {
+			wipe(c)
+			s.params = cloneMap(s.startParams)
+			s.capture = false
 		}
 	case pCheck:
 		cs := d.Ref.(*checkState)
@@ -266,4 +267,14 @@ func (s *Session) done(d tracker.Done) {
 type endRef struct {
 	c          *pool.Conn
 	discardAll bool
+}
+
+// wipe forgets what a server connection held once DISCARD ALL ran on it:
+// every prepared statement, setting, temporary object, lock and LISTEN.
+func wipe(c *pool.Conn) {
+	c.Stmts.Clear()
+	clear(c.Prepared)
+	clear(c.Params)
+	c.UnnamedOwner = 0
+	c.Stale = c.Stale[:0]
 }

@@ -75,6 +75,9 @@ func (s *Session) lookupStmt(name []byte) *clientStmt {
 // queueing a Parse (swallowed unless it fails) when it does not, and closing
 // the least recently used statements beyond the cache size. Under mu.
 func (s *Session) ensureStmt(c *pool.Conn, st *clientStmt) *wire.Error {
+	if st.server != "" && s.transparent() {
+		return nil // the session's own connection has it
+	}
 	if st.server == "" {
 		if c.UnnamedOwner == uint64(s.id) && c.UnnamedGen == st.gen {
 			return nil
@@ -106,8 +109,10 @@ func (s *Session) evict(c *pool.Conn, names []string) {
 }
 
 // clientParse handles the client's Parse once the server connection is
-// claimed and the prelude decided (under mu). A named statement that the
-// connection already has is answered locally.
+// claimed and the prelude decided (under mu). The Parse always reaches the
+// server, as on a direct connection a Parse always makes a fresh statement:
+// a statement of the same text the connection already has is closed first
+// (it may be stale after a schema change).
 func (s *Session) clientParse(c *pool.Conn, name string, st *clientStmt) {
 	if name == "" {
 		s.unnamedGen++
@@ -124,15 +129,25 @@ func (s *Session) clientParse(c *pool.Conn, name string, st *clientStmt) {
 	s.stmts[name] = st
 	st.unconfirmed = true
 	ref := stmtRef{c: c, st: st, name: name}
-	if c.Stmts.Use(st.server, s.batchGen) {
-		s.answer(wire.MsgParseComplete, false, pLocalParse, ref)
-		s.handleDone()
+	if s.transparent() {
+		c.W.Parse(name, st.text, st.types)
+		s.t.Push(tracker.Unit{Kind: tracker.Parse, Purpose: pClientParse, Ref: ref})
 		return
+	}
+	if c.Stmts.Use(st.server, s.batchGen) {
+		c.W.Target('C', 'S', st.server)
+		s.t.Push(tracker.Unit{Kind: tracker.Close, Own: tracker.OwnPrelude})
+	} else {
+		s.evict(c, c.Stmts.Add(st.server, s.batchGen))
 	}
 	c.W.Parse(st.server, st.text, st.types)
 	s.t.Push(tracker.Unit{Kind: tracker.Parse, Purpose: pClientParse, Ref: ref})
-	s.evict(c, c.Stmts.Add(st.server, s.batchGen))
 }
+
+// transparent reports whether the client's statements keep their own names
+// on the server: in session pooling mode the server connection is the
+// client's for the whole session, as on a direct connection.
+func (s *Session) transparent() bool { return s.srv.cfg.Mode == ModeSession }
 
 // rewriteBind writes the client's Bind with the statement renamed.
 func rewriteBind(c *pool.Conn, body []byte, portal []byte, server string) {
@@ -175,6 +190,11 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 		s.mu.Lock()
 		s.stmts, s.unnamedStmt = nil, nil
 		s.mu.Unlock()
+		if s.transparent() {
+			// The client's statements, temporary objects, locks and
+			// LISTENs are on its own connection: DISCARD ALL runs there.
+			return true, s.discardAll()
+		}
 		return true, s.resetSettings("DISCARD ALL")
 	case sqlscan.KindResetAll:
 		if s.inTransaction() {
@@ -183,6 +203,9 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 		}
 		return true, s.resetSettings("RESET")
 	case sqlscan.KindDeallocate:
+		if s.transparent() {
+			return false, nil // on the session's own connection
+		}
 		s.waitSettled() // a pipelined PREPARE's outcome decides
 		s.mu.Lock()
 		existed := true
@@ -253,6 +276,42 @@ func (s *Session) resetSettings(tag string) error {
 	}
 	out = wire.AppendCommandComplete(out, tag)
 	return s.localAnswer(out, true)
+}
+
+// discardAll runs the client's DISCARD ALL on its own server connection
+// (session mode): its statements, temporary objects, locks, LISTENs and
+// settings go, and its settings become its startup settings again, set on
+// the server with its next transaction; the client is told those values,
+// as Postgres reports the values RESET ALL returns to.
+func (s *Session) discardAll() error {
+	c, err := s.claim()
+	if err != nil {
+		return s.claimFailed(err, true)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if s.conn != c {
+			s.mu.Unlock()
+			err := s.localError(errLost(), true)
+			s.mu.Lock()
+			return err
+		}
+		if step, _ := s.t.Query(nil, nil); !step.Wait {
+			break
+		}
+		s.waitFor(c, s.settled)
+	}
+	var report []byte
+	for name, rn := range reportedName {
+		if v, ok := s.startParams[name]; ok {
+			report = appendParameterStatus(report, rn, v)
+		}
+	}
+	beginQuery(c)
+	s.t.Push(tracker.Unit{Kind: tracker.Query, Append: report, Purpose: pDiscardAll, Ref: c})
+	c.W.Query("DISCARD ALL")
+	return nil
 }
 
 // serverDefault is the server's value of a reported parameter, as the pool

@@ -230,6 +230,9 @@ func (a *App) sessionConfig(cfg config.Config, v *authn.Verifier) session.Config
 			ClaimsPrefix: cfg.Claims.Prefix,
 			ClaimsJSON:   cfg.Claims.JSON,
 			AllowDo:      cfg.Guard.AllowDo,
+			// A server connection holds one client's statements in
+			// session mode: listing them shows that client its own.
+			ListStatements: cfg.Pool.Mode == "session",
 		},
 		StartupTimeout:     cfg.Limits.StartupTimeout.D(),
 		MaxStartupPacket:   cfg.Limits.MaxStartupPacket,

@@ -70,6 +70,9 @@ type Conn struct {
 	// before the conn's next use, so they are parsed again. Owned by the
 	// holder.
 	Stale []string
+	// StaleSeen is the pool's stale-statement epoch the holder last
+	// applied to Stmts (Pool.StaleSince).
+	StaleSeen uint64
 	// CancelSent: a cancel request reached the conn's server process;
 	// the next client's first statement is preceded by a fence, which a
 	// late request can only cancel. CancelUncertain: one may still be on

@@ -111,6 +111,8 @@ type Pool struct {
 	unlogged atomic.Int64
 	failing  atomic.Bool // the last login failed (and was counted)
 
+	staleStmts staleSet // statements reported stale (stale.go)
+
 	paramsMu sync.RWMutex
 	params   map[string]string // ParameterStatus values of the latest login
 

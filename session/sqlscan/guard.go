@@ -21,6 +21,9 @@ type Policy struct {
 	// AllowDo allows DO blocks (their bodies are still scanned). By default
 	// they are refused: PL/pgSQL EXECUTE can build any statement.
 	AllowDo bool
+	// ListStatements allows pg_prepared_statements: in session pooling
+	// mode a server connection holds one client's statements only.
+	ListStatements bool
 }
 
 // Violation says why the guard refused a statement.
@@ -257,7 +260,7 @@ func (p *Policy) walk(s string, pos int, isDo bool) string {
 			// prepared statements and portals (EXECUTE, EXPLAIN EXECUTE,
 			// CREATE TABLE AS EXECUTE, FETCH, CLOSE, DEALLOCATE ...), nor
 			// the view that lists every statement on the connection.
-			if r := reservedName(l, t); r != "" {
+			if r := reservedName(l, t); r != "" && (r != reasonPrepared || !p.ListStatements) {
 				return r
 			}
 		}

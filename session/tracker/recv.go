@@ -281,10 +281,15 @@ func (t *Tracker) serverError(out []byte, u *Unit, body []byte) ([]byte, error) 
 	if err != nil {
 		return out, err
 	}
-	t.finish(u, werr, 0)
-	if u.Kind == Query || u.Kind == Func {
-		return out, nil // the rest of the query is skipped; ReadyForQuery follows
+	if u.Kind == Query || u.Kind == Func || u.Kind == Sync {
+		// The rest of the query is skipped, or the batch's commit at
+		// Sync failed (a deferred constraint): ReadyForQuery follows.
+		if u.Kind != Sync {
+			t.finish(u, werr, 0)
+		}
+		return out, nil
 	}
+	t.finish(u, werr, 0)
 	// Extended protocol: the server now ignores everything until Sync,
 	// a Query or FunctionCall included (it gets no answer at all), and
 	// pgtoken's own answers to the skipped messages are not given either.
@@ -337,6 +342,7 @@ func (t *Tracker) readyForQuery(out []byte, u *Unit, body []byte) ([]byte, error
 	if u.Own == OwnClient {
 		if !t.errored {
 			out = append(out, u.Answer...)
+			out = append(out, u.Append...)
 		}
 		r := wire.ReadyForQuery(st)
 		out = append(out, r[:]...)

@@ -282,3 +282,17 @@ func TestLostConnectionAnswersEverything(t *testing.T) {
 		t.Fatal("still attached")
 	}
 }
+
+// A deferred constraint fails at the batch's commit, in answer to Sync: the
+// error belongs to the Sync, whose ReadyForQuery follows.
+func TestErrorAnsweringSync(t *testing.T) {
+	tr := attached()
+	tr.Push(Unit{Kind: Execute})
+	tr.Push(Unit{Kind: Sync})
+	out := feed(t, tr, &pgproto3.CommandComplete{CommandTag: []byte("UPDATE 1")},
+		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "23505", Message: "duplicate key value"},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	if got := decode(out); got != "CEZ" || !tr.Idle() {
+		t.Fatalf("client got %s, idle %v", got, tr.Idle())
+	}
+}

@@ -102,6 +102,9 @@ type Unit struct {
 	// (pgtoken answered the client's Query itself but sent the server a
 	// stand-in, which must run where the client's Query would have).
 	Answer []byte
+	// Append, for a client's Query unit that succeeds, is given to the
+	// client after the server's answers, before its ReadyForQuery.
+	Append []byte
 
 	// Collect keeps the DataRow bodies of a Maint query in Done.Rows.
 	Collect bool
