@@ -143,8 +143,8 @@ func (s *Session) simplePrelude(c *pool.Conn, reset bool) (string, int) {
 // A read-back that runs inside a transaction is tentative and is done
 // again once the transaction may have ended.
 func (s *Session) capturePipelined(c *pool.Conn) {
-	if !s.capture || !s.t.MayBeIdle() {
-		return
+	if !s.capture || !s.t.MayBeIdle() || s.captureGen == int64(s.settingsGen) {
+		return // nothing to read, or a read-back of the same changes is on its way
 	}
 	var b strings.Builder
 	b.WriteString("SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'")
@@ -167,22 +167,43 @@ func (s *Session) capturePipelined(c *pool.Conn) {
 		b.WriteString(") v(n)")
 	}
 	beginQuery(c)
-	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Collect: true, Purpose: pCapture, Ref: c})
+	s.captureGen = int64(s.settingsGen)
+	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Collect: true, Purpose: pCapture, Ref: captureRef{c: c, gen: s.settingsGen}})
 	c.W.Query(b.String())
 }
 
+// captureRef is a settings read-back: its conn, and the count of setting
+// changes it reflects.
+type captureRef struct {
+	c   *pool.Conn
+	gen uint64
+}
+
+// settingsChanged notes a change of the client's session settings (under
+// mu): a SET it ran (read back later), or a RESET ALL / DISCARD ALL
+// pgtoken answered (which read-backs already on their way predate).
+func (s *Session) settingsChanged(runOnServer bool) {
+	s.settingsGen++
+	s.capture = runOnServer
+}
+
 // captured applies a settings read-back (under mu).
-func (s *Session) captured(c *pool.Conn, d tracker.Done) {
+func (s *Session) captured(r captureRef, d tracker.Done) {
+	c := r.c
+	if int64(r.gen) == s.captureGen {
+		s.captureGen = -1
+	}
 	if d.Err != nil {
 		if d.Err != tracker.ErrSkipped && d.Err != tracker.ErrLost && d.Err.Code != "25P02" {
 			s.log.Warn("reading back session settings failed", zap.String("sqlstate", d.Err.Code), zap.String("message", d.Err.Message))
 		}
 		return
 	}
-	if d.Status != 'I' || s.t.ResetPending() {
-		// Inside a transaction that may still roll back, or on a conn
+	if d.Status != 'I' || s.t.ResetPending() || r.gen < s.lastReset {
+		// Inside a transaction that may still roll back, on a conn
 		// whose reset rolled back (so it holds another client's
-		// settings, not this one's): read again later.
+		// settings, not this one's), or from before a RESET ALL or
+		// DISCARD ALL pgtoken answered: read again later, or not at all.
 		return
 	}
 	got := map[string]string{}
@@ -200,7 +221,9 @@ func (s *Session) captured(c *pool.Conn, d tracker.Done) {
 		got[name] = value
 	}
 	s.params = got
-	s.capture = false
+	if r.gen == s.settingsGen {
+		s.capture = false // nothing changed since it was queued
+	}
 	if s.conn == c {
 		c.Params = maps.Clone(got)
 	}

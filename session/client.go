@@ -563,10 +563,10 @@ func (s *Session) noteSettings(sql string, stmts []sqlscan.Statement) {
 		st := &stmts[i]
 		switch {
 		case st.Kind == sqlscan.KindSet || st.Kind == sqlscan.KindReset:
-			s.capture = true
+			s.settingsChanged(true)
 			s.noteCustom(st.Name)
 		case st.Flags&sqlscan.FlagSessionSetConfig != 0:
-			s.capture = true
+			s.settingsChanged(true)
 			for _, n := range sqlscan.SetConfigNames(sql, st) {
 				s.noteCustom(n)
 			}

@@ -332,7 +332,7 @@ func (s *Session) afterExecute(st *clientStmt) {
 		clear(s.portals)
 	}
 	if st != nil && st.setsSession {
-		s.capture = true
+		s.settingsChanged(true)
 		for _, n := range st.custom {
 			s.noteCustom(n)
 		}

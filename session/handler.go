@@ -233,7 +233,7 @@ func (s *Session) done(d tracker.Done) {
 		}
 		r.c.Pool().MarkStale(r.server) // and on every other conn of the pool
 	case pCapture:
-		s.captured(d.Ref.(*pool.Conn), d)
+		s.captured(d.Ref.(captureRef), d)
 	case pOutside:
 		d.Ref.(*outsideState).err = d.Err
 	case pOutsideReset:
@@ -254,7 +254,8 @@ func (s *Session) done(d tracker.Done) {
 		if c := d.Ref.(*pool.Conn); d.Err == nil {
 			wipe(c)
 			s.params = cloneMap(s.startParams)
-			s.capture = false
+			s.settingsChanged(false)
+			s.lastReset = s.settingsGen
 		}
 	case pCheck:
 		cs := d.Ref.(*checkState)

@@ -81,6 +81,11 @@ func (s *Server) handle(nc net.Conn) {
 		if sess == nil || !errors.Is(err, io.EOF) {
 			s.loginFailed(a, err)
 		}
+		if sess != nil {
+			// The login failed after the session took a server
+			// connection (to check startup settings): let it go.
+			sess.release()
+		}
 		return
 	}
 	s.obs.LoginSucceeded()
@@ -380,6 +385,8 @@ func (s *Server) greet(a *attempt, st *startup, entry *client, adm *admission) (
 		ctx:   s.ctx,
 		id:    a.id,
 		t:     tracker.New(s.cfg.Mode == ModeSession),
+		// No settings read-back is on its way.
+		captureGen: -1,
 	}
 	sess.cond = sync.NewCond(&sess.mu)
 	sess.log = a.log.With(zap.String("sub", ident.Sub), zap.String("role", ident.Role), zap.String("jti", ident.JTI))
@@ -449,21 +456,9 @@ func isLoopback(addr net.Addr) bool {
 	return false
 }
 
-// finish ends a session: its error (if any) goes to the client, and its
-// server connection is made clean for the next client or dropped.
-func (s *Session) finish(err error) {
-	if err != nil && !errors.Is(err, io.EOF) {
-		var we *wire.Error
-		if errors.As(err, &we) {
-			s.mu.Lock()
-			s.out.buf, _ = wire.ToResponse(we).Encode(s.out.buf)
-			s.mu.Unlock()
-			_ = s.flushClient()
-			s.log.Info("session ended", zap.String("sqlstate", we.Code), zap.String("reason", we.Message))
-		} else if !isClosedConn(err) {
-			s.log.Info("session ended", zap.Error(err))
-		}
-	}
+// release lets a session's server connection go, made clean for the
+// next client or dropped, once the client is gone.
+func (s *Session) release() {
 	if c := s.wconn; c != nil {
 		s.wconn = nil
 		s.flushServer(c)
@@ -506,6 +501,24 @@ func (s *Session) finish(err error) {
 		s.maybeRelease()
 	}
 	s.mu.Unlock()
+}
+
+// finish ends a session: its error (if any) goes to the client, and its
+// server connection is made clean for the next client or dropped.
+func (s *Session) finish(err error) {
+	if err != nil && !errors.Is(err, io.EOF) {
+		var we *wire.Error
+		if errors.As(err, &we) {
+			s.mu.Lock()
+			s.out.buf, _ = wire.ToResponse(we).Encode(s.out.buf)
+			s.mu.Unlock()
+			_ = s.flushClient()
+			s.log.Info("session ended", zap.String("sqlstate", we.Code), zap.String("reason", we.Message))
+		} else if !isClosedConn(err) {
+			s.log.Info("session ended", zap.Error(err))
+		}
+	}
+	s.release()
 	s.log.Info("client disconnected", zap.Duration("duration", time.Since(s.start)))
 }
 

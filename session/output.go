@@ -3,6 +3,8 @@ package session
 import (
 	"io"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // output is what the client is sent, written to its socket by one goroutine
@@ -23,9 +25,6 @@ type output struct {
 // (and so stops reading the server, as Postgres stops when its client does
 // not read).
 const maxOutput = 1 << 20
-
-// appendOut adds bytes for the client (under mu).
-func (s *Session) appendOut(b []byte) { s.out.buf = append(s.out.buf, b...) }
 
 // flushClient writes the client output unless another goroutine is doing
 // so already. Called without mu; it returns the first write error.
@@ -55,6 +54,9 @@ func (s *Session) flushLocked(wait bool) error {
 		s.out.buf = s.out.spare[:0]
 		s.mu.Unlock()
 		err := s.write(b)
+		if err != nil {
+			s.cutOff(err)
+		}
 		s.mu.Lock()
 		if cap(b) <= maxOutput {
 			s.out.spare = b[:0]
@@ -119,7 +121,18 @@ type clientWriter struct {
 
 func (w *clientWriter) Write(p []byte) (int, error) {
 	if w.err == nil {
-		w.err = w.s.write(p)
+		if w.err = w.s.write(p); w.err != nil {
+			w.s.cutOff(w.err)
+		}
 	}
 	return len(p), nil
+}
+
+// cutOff ends a session whose client cannot take its output (it stopped
+// reading for limits.client_write_timeout, or is gone): its socket is
+// closed, so the client goroutine's read fails and the session ends, its
+// server connection dropped with what runs on it cancelled.
+func (s *Session) cutOff(err error) {
+	s.log.Info("client does not read its answers; disconnecting it", zap.Error(err))
+	_ = s.nc.Close()
 }

@@ -88,6 +88,13 @@ type Session struct {
 	// settings it set (pg_settings does not list them).
 	capture bool
 	custom  map[string]bool
+	// settingsGen counts the client's session-setting changes (SETs seen,
+	// RESET ALL, DISCARD ALL); a read-back reflects the changes up to the
+	// count it was queued at. captureGen is that count for the read-back
+	// in flight, -1 for none.
+	settingsGen uint64
+	captureGen  int64
+	lastReset   uint64 // settingsGen of the last RESET ALL or DISCARD ALL
 
 	out   output     // client output (output.go)
 	stall stallWatch // the watch's memory (watch.go)

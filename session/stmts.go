@@ -256,7 +256,8 @@ func (s *Session) resetSettings(tag string) error {
 	s.mu.Lock()
 	before := s.params
 	s.params = cloneMap(s.startParams)
-	s.capture = false
+	s.settingsChanged(false)
+	s.lastReset = s.settingsGen
 	params := s.params
 	if s.conn != nil {
 		s.t.Foreign() // session mode: temporary objects, locks, LISTEN go too

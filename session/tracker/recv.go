@@ -35,6 +35,9 @@ func (t *Tracker) Push(u Unit) {
 	}
 	if u.syncPoint() {
 		t.syncs++
+		if u.Own != OwnMaint {
+			t.clients++
+		}
 	}
 	if u.Barrier {
 		t.barriers++
@@ -229,7 +232,7 @@ func (t *Tracker) noteTag(body []byte) {
 	switch {
 	case bytes.Equal(tag, []byte("COMMIT")):
 		if !t.doubt {
-			t.sticky, t.reset = false, false
+			t.sticky = false
 		}
 	case bytes.Equal(tag, []byte("ROLLBACK")), bytes.HasPrefix(tag, []byte("PREPARE TRANSACTION")):
 		t.doubt = true
@@ -299,7 +302,7 @@ func (t *Tracker) serverError(out []byte, u *Unit, body []byte) ([]byte, error) 
 	for t.q.len() > 0 && t.q.peek().Kind != Sync {
 		v := t.q.peek()
 		if v.syncPoint() {
-			t.syncs--
+			t.unsync(v)
 			if failedOwn && v.Own == OwnClient && (v.Kind == Query || v.Kind == Func) {
 				// The client's call never runs because pgtoken's own
 				// message failed: pgtoken ends the skipping with a Sync
@@ -327,12 +330,12 @@ func (t *Tracker) readyForQuery(out []byte, u *Unit, body []byte) ([]byte, error
 		return out, fmt.Errorf("%w: ReadyForQuery status %q", ErrDesync, st)
 	}
 	t.status = st
-	t.syncs--
+	t.unsync(u)
 	t.answered++
 	if t.sticky && u.seq >= t.stickySeq {
 		switch {
 		case st == 'I' && !t.doubt:
-			t.sticky, t.reset = false, false
+			t.sticky = false
 		case st == 'I':
 			// The transaction that carried the reset may have rolled
 			// back: whatever it removed may be back.
@@ -368,7 +371,7 @@ func (t *Tracker) popUnit(out []byte) []byte {
 		if u.RFQ {
 			r := wire.ReadyForQuery(t.localStatus())
 			out = append(out, r[:]...)
-			t.syncs--
+			t.unsync(u)
 		}
 		t.finish(u, nil, 0)
 		t.q.pop()
@@ -435,7 +438,7 @@ func (t *Tracker) Lost(out []byte, err *wire.Error) (_ []byte, txLost, batchLost
 		}
 		t.finish(&u, uerr, 0)
 	}
-	t.syncs, t.barriers = 0, 0
+	t.syncs, t.clients, t.barriers = 0, 0, 0
 	if t.inBatch && !sent {
 		out, _ = appendMsg(out, wire.ToResponse(err))
 	}
@@ -458,4 +461,12 @@ func appendMsg(out []byte, m interface{ Encode([]byte) ([]byte, error) }) ([]byt
 func putLen(msg []byte) {
 	n := uint32(len(msg) - 1)
 	msg[1], msg[2], msg[3], msg[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+}
+
+// unsync counts a sync-point unit as answered (or skipped).
+func (t *Tracker) unsync(u *Unit) {
+	t.syncs--
+	if u.Own != OwnMaint {
+		t.clients--
+	}
 }

@@ -51,7 +51,7 @@ func (t *Tracker) boundary() (p position, wait bool) {
 		return p, true // whether the reset committed decides
 	}
 	poss := t.poss
-	if t.syncs == 0 {
+	if t.clients == 0 {
 		switch t.status {
 		case 'T':
 			poss = open
@@ -103,7 +103,7 @@ func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
 		} else {
 			cuts = append(cuts, i-1)
 		}
-		s.Reset = t.reset
+		s.Reset = t.resetDue()
 		fails |= p.failState()
 		p.st, owed = open, false
 	}
@@ -251,6 +251,7 @@ func (t *Tracker) FuncCall() Step {
 // queued: it must commit before it counts. Until then every prelude
 // carries the reset again and the next sync point waits for the outcome.
 func (t *Tracker) Sticky() {
+	t.reset = false // sent: from now on it awaits its commit
 	if !t.sticky {
 		t.sticky = true
 		t.stickySeq = t.seq + 1 // the next unit pushed

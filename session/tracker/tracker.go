@@ -120,6 +120,7 @@ type Tracker struct {
 	attached bool
 	status   byte   // the last ReadyForQuery's transaction status
 	syncs    int    // queued units that end with ReadyForQuery
+	clients  int    // ... of those, the ones that are not pgtoken's upkeep
 	answered uint64 // ReadyForQuery answers received
 	cmpl     int    // statement completions seen in the head Query unit
 	errored  bool   // the head unit failed
@@ -220,7 +221,7 @@ func (t *Tracker) InTransaction() bool {
 	if !t.attached {
 		return false
 	}
-	if t.syncs == 0 {
+	if t.clients == 0 {
 		return t.status != 'I'
 	}
 	return t.poss != none
@@ -229,6 +230,10 @@ func (t *Tracker) InTransaction() bool {
 // ResetPending reports whether the server connection still needs (or
 // awaits the commit of) the hand-over reset.
 func (t *Tracker) ResetPending() bool { return t.reset || t.sticky }
+
+// resetDue reports whether the next prelude carries the reset: it is
+// needed, or the one sent has not committed yet.
+func (t *Tracker) resetDue() bool { return t.reset || t.sticky }
 
 // TakeDone returns the completions since the last call.
 func (t *Tracker) TakeDone() []Done {
@@ -262,7 +267,7 @@ func (t *Tracker) clearQueue(err *wire.Error) {
 		t.finish(u, err, 0)
 		t.q.pop()
 	}
-	t.syncs = 0
+	t.syncs, t.clients = 0, 0
 	t.barriers = 0
 }
 
