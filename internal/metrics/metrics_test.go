@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtoken/pgtoken/session"
 	"github.com/pgtoken/pgtoken/session/pool"
+	"github.com/pgtoken/pgtoken/session/tracker"
 )
 
 func body(t *testing.T, h http.Handler, path string) (int, string) {
@@ -96,7 +97,7 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 		t.Fatalf("/debug/sessions without a source: %d", code)
 	}
 	h = m.Handler(nil, func() []session.SessionDebug {
-		return []session.SessionDebug{{ID: 7, Database: "app", Sub: "someone", Pending: 1, Units: []session.UnitDebug{{Kind: "query", Own: "client"}}}}
+		return []session.SessionDebug{{ID: 7, Database: "app", Sub: "someone", Tracker: tracker.State{Pending: 1, Units: []tracker.UnitState{{Kind: "query", Own: "client"}}}}}
 	})
 	code, text = body(t, h, "/debug/sessions")
 	if code != 200 || !strings.Contains(text, `"id": 7`) || !strings.Contains(text, `"kind": "query"`) || strings.Contains(text, "someone") {
