@@ -107,10 +107,11 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // serverSideClean checks, as the superuser, that no server connection of
-// pgtoken is inside a transaction or running anything.
+// pgtoken is running anything, waiting for its client (active/ClientRead)
+// or inside a transaction.
 func serverSideClean(t *testing.T, env *pgtest.Env) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "a server connection stayed busy or inside a transaction", func() bool {
+	holdsWithin(t, env, 10*time.Second, "a server connection stayed busy or inside a transaction", func() bool {
 		return len(backends(env, "state <> 'idle' or xact_start is not null")) == 0
 	})
 }
@@ -119,56 +120,48 @@ func serverSideClean(t *testing.T, env *pgtest.Env) {
 // no client waits, and checks the pool never exceeds its size.
 func poolSettles(t *testing.T, env *pgtest.Env) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		settled, last := true, ""
+	holdsWithin(t, env, 10*time.Second, "the pool did not settle", func() bool {
 		for _, p := range env.App.Server.Stats().Pools {
 			if p.Active != 0 || p.Waiting != 0 || p.Connecting != 0 || p.Total > p.Size || p.Idle > p.Total {
-				settled, last = false, fmt.Sprintf("%+v", p.Stats)
+				return false
 			}
 		}
-		if settled {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the pool did not settle: %s", last)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return true
+	})
 }
 
 // isFresh runs a statement that sees a transaction of its own: the
 // server connection it got was not left inside someone's transaction.
 func isFresh(t *testing.T, c *pgconn.PgConn, sub string) {
 	t.Helper()
+	if err := freshTransaction(c, sub); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// freshTransaction is isFresh for any goroutine: it returns what went
+// wrong.
+func freshTransaction(c *pgconn.PgConn, sub string) error {
 	// Not rows: its context stays registered until the test ends, which
 	// would show as heap growth in tests that run this in a loop.
 	cx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	res, err := c.Exec(cx, "select current_user::text, current_setting('jwt.claims.sub', true), (now() = statement_timestamp())::text, coalesce(txid_current_if_assigned()::text, 'none')").ReadAll()
 	if err != nil {
-		t.Fatalf("%s: %v", sub, err)
+		return fmt.Errorf("%s: %w", sub, err)
 	}
-	got := flatten(res)
-	if got[0][1] != sub || got[0][2] != "true" || got[0][3] != "none" {
-		t.Fatalf("%s's statement ran on a server connection with state left behind: %q", sub, got)
+	if got := flatten(res); len(got) != 1 || got[0][1] != sub || got[0][2] != "true" || got[0][3] != "none" {
+		return fmt.Errorf("%s's statement ran on a server connection with state left behind: %q", sub, got)
 	}
+	return nil
 }
 
 // rawConn logs in with pgconn and takes over the socket, for clients that
 // misbehave at the protocol level.
 func rawConn(t *testing.T, env *pgtest.Env, sub string) net.Conn {
 	t.Helper()
-	c, err := pgconn.Connect(ctx(t), env.DSN(pgtest.UserToken(t, sub)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc, err := c.Hijack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = hc.Conn.Close() })
-	return hc.Conn
+	nc, _, _ := hijackedClient(t, env, sub)
+	return nc
 }
 
 func send(t *testing.T, nc net.Conn, msgs ...pgproto3.FrontendMessage) {
