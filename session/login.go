@@ -294,7 +294,7 @@ func (s *Server) login(a *attempt, entry *client) (*Session, *console, error) {
 		return nil, nil, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (expired): token expired")
 	}
 	s.noteLoginSuccess(a) // backoff.go
-	if db == ConsoleDatabase && len(*s.admins.Load()) > 0 {
+	if IsConsoleDatabase(db) && len(*s.admins.Load()) > 0 {
 		con, err := s.openConsole(a, entry, r, ident, params, secure)
 		return nil, con, err
 	}
