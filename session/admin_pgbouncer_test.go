@@ -3,6 +3,7 @@ package session_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -272,5 +273,232 @@ func TestConsoleShowsDatabasesUsersListsSocketsMem(t *testing.T) {
 	}
 	if v := rowsOf(t, con, "SHOW client_encoding"); len(v) != 1 || v[0]["client_encoding"] != "UTF-8" {
 		t.Errorf("SHOW client_encoding: %v", v)
+	}
+}
+
+// consoleErr runs a console command that must fail with code.
+func consoleErr(t *testing.T, c *pgconn.PgConn, cmd, code string) {
+	t.Helper()
+	_, err := c.Exec(ctx(t), cmd).ReadAll()
+	if pe := pgErr(err); pe == nil || pe.Code != code {
+		t.Fatalf("%s: %v, want SQLSTATE %s", cmd, err, code)
+	}
+}
+
+// run runs a console command that must succeed.
+func run(t *testing.T, c *pgconn.PgConn, cmd string) {
+	t.Helper()
+	if _, err := c.Exec(ctx(t), cmd).ReadAll(); err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+}
+
+// serverOf returns the pid of the server connection SHOW CLIENTS says
+// the client holds.
+func serverOf(t *testing.T, con, client *pgconn.PgConn) string {
+	t.Helper()
+	r := rowWhere(rowsOf(t, con, "SHOW CLIENTS"), "id", fmt.Sprint(client.PID()))
+	if r == nil || r["server_pid"] == "NULL" {
+		t.Fatalf("SHOW CLIENTS: client %d holds no server connection: %v", client.PID(), r)
+	}
+	return r["server_pid"]
+}
+
+func TestConsoleReconnect(t *testing.T) {
+	env, con := consoleEnv(t)
+	busy := env.Connect(pgtest.UserToken(t, "alice"))
+	idle := env.Connect(pgtest.UserToken(t, "bob"))
+	rows(t, idle, "begin; select 1")
+	rows(t, busy, "begin; select 1") // both in a transaction: two server connections
+	idlePID, busyPID := serverOf(t, con, idle), serverOf(t, con, busy)
+	rows(t, idle, "commit")
+
+	run(t, con, "RECONNECT "+env.DB)
+	// The idle one is closed at once; the busy one is marked and goes on.
+	waitFor(t, 10*time.Second, "the idle server connection to close", func() bool {
+		return rowWhere(rowsOf(t, con, "SHOW SERVERS"), "remote_pid", idlePID) == nil
+	})
+	if s := rowWhere(rowsOf(t, con, "SHOW SERVERS"), "remote_pid", busyPID); s == nil || s["close_needed"] != "1" || s["state"] != "active" {
+		t.Fatalf("SHOW SERVERS row of the busy connection after RECONNECT: %v", s)
+	}
+	// WAIT_CLOSE waits for it.
+	waited := make(chan error, 1)
+	go func() { _, err := con.Exec(context.Background(), "WAIT_CLOSE "+env.DB).ReadAll(); waited <- err }()
+	select {
+	case err := <-waited:
+		t.Fatalf("WAIT_CLOSE returned while a marked connection was in use: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	rows(t, busy, "commit")
+	if err := <-waited; err != nil {
+		t.Fatalf("WAIT_CLOSE: %v", err)
+	}
+	if n := env.Superuser("select count(*) from pg_stat_activity where pid in (" + idlePID + "," + busyPID + ")"); n[0][0] != "0" {
+		t.Fatalf("%s of the old server connections still open", n[0][0])
+	}
+	// New connections log in as needed.
+	rows(t, busy, "begin; select 1")
+	if pid := serverOf(t, con, busy); pid == busyPID || pid == idlePID {
+		t.Fatalf("after RECONNECT the client runs on old connection %s", pid)
+	}
+	rows(t, busy, "commit")
+	run(t, con, "RECONNECT") // every database
+	consoleErr(t, con, "RECONNECT nosuchdb", "42704")
+	consoleErr(t, con, "RECONNECT pgbouncer", "55000")
+}
+
+func TestConsoleKillAndResume(t *testing.T) {
+	env, con := consoleEnv(t)
+	inTx := env.Connect(pgtest.UserToken(t, "alice"))
+	rows(t, inTx, "begin; select 1")
+	between := env.Connect(pgtest.UserToken(t, "bob"))
+	rows(t, between, "select 1")
+
+	run(t, con, "KILL "+env.DB)
+	for _, c := range []*pgconn.PgConn{inTx, between} {
+		if _, err := c.Exec(ctx(t), "select 1").ReadAll(); pgErr(err) == nil || pgErr(err).Code != "57P01" {
+			t.Fatalf("a client of the killed database: %v, want 57P01", err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the server connections to close", func() bool {
+		n := env.Superuser("select count(*) from pg_stat_activity where usename = 'authenticator' and datname = current_database()")
+		return n[0][0] == "0"
+	})
+	if d := rowWhere(rowsOf(t, con, "SHOW DATABASES"), "name", env.DB); d["paused"] != "1" || d["current_client_connections"] != "0" {
+		t.Fatalf("SHOW DATABASES after KILL: %v", d)
+	}
+	// A new client waits until RESUME.
+	done := make(chan error, 1)
+	go func() {
+		c, err := pgconn.Connect(context.Background(), env.DSN(pgtest.UserToken(t, "carol")))
+		if err == nil {
+			_, err = c.Exec(context.Background(), "select 1").ReadAll()
+			_ = c.Close(context.Background())
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("a client ran while the database was killed: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	run(t, con, "RESUME "+env.DB)
+	if err := <-done; err != nil {
+		t.Fatalf("after RESUME: %v", err)
+	}
+	consoleErr(t, con, "RESUME "+env.DB, "55000") // not paused
+	consoleErr(t, con, "RESUME", "55000")
+	consoleErr(t, con, "KILL pgtoken", "55000")
+	consoleErr(t, con, "KILL nosuchdb", "42704")
+}
+
+func TestConsoleSuspend(t *testing.T) {
+	env, con := consoleEnv(t)
+	c := env.Connect(pgtest.UserToken(t, "alice"))
+	rows(t, c, "begin; select 1")
+	run(t, con, "SUSPEND") // returns at once, with a transaction running
+	state := map[string]string{}
+	for _, r := range rowsOf(t, con, "SHOW STATE") {
+		state[r["key"]] = r["value"]
+	}
+	if state["suspended"] != "yes" || state["active"] != "no" {
+		t.Fatalf("SHOW STATE while suspended: %v", state)
+	}
+	consoleErr(t, con, "SUSPEND", "55000")
+	consoleErr(t, con, "KILL", "55000")
+	consoleErr(t, con, "PAUSE", "55000")
+	rows(t, c, "select 2; commit") // the transaction in flight goes on
+	next := make(chan error, 1)
+	go func() { _, err := c.Exec(context.Background(), "select 1").ReadAll(); next <- err }()
+	select {
+	case err := <-next:
+		t.Fatalf("a new transaction ran while suspended: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The last console leaving ends the suspension, as in PgBouncer.
+	_ = con.Close(ctx(t))
+	if err := <-next; err != nil {
+		t.Fatalf("after the console left: %v", err)
+	}
+	con = connectConsole(t, env, "web_admin")
+	if r := rowWhere(rowsOf(t, con, "SHOW STATE"), "key", "active"); r["value"] != "yes" {
+		t.Fatalf("SHOW STATE after the console left: %v", r)
+	}
+	// RESUME ends it too; with a database paused, SUSPEND is refused.
+	run(t, con, "SUSPEND")
+	run(t, con, "RESUME")
+	run(t, con, "PAUSE "+env.DB)
+	consoleErr(t, con, "SUSPEND", "55000")
+	run(t, con, "RESUME")
+	rows(t, c, "select 1")
+}
+
+func TestConsoleShutdownWaitForClients(t *testing.T) {
+	env, con := consoleEnv(t)
+	c := env.Connect(pgtest.UserToken(t, "alice"))
+	run(t, con, "SHUTDOWN WAIT_FOR_CLIENTS")
+	// No new clients; those logged in go on.
+	waitFor(t, 10*time.Second, "the listener to close", func() bool {
+		nc, err := net.DialTimeout("tcp", env.App.Addr(), time.Second)
+		if err == nil {
+			_ = nc.Close()
+		}
+		return err != nil
+	})
+	rows(t, c, "select 1")
+	rows(t, con, "SHOW POOLS")
+	select {
+	case <-env.App.Stopped():
+		t.Fatal("pgtoken stopped with clients connected")
+	case <-time.After(200 * time.Millisecond):
+	}
+	_ = c.Close(ctx(t))
+	_ = con.Close(ctx(t))
+	waitStopped(t, env, "once every client had left")
+}
+
+// waitStopped waits up to 10 seconds for pgtoken to stop.
+func waitStopped(t *testing.T, env *pgtest.Env, when string) {
+	t.Helper()
+	select {
+	case <-env.App.Stopped():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("pgtoken did not stop %s", when)
+	}
+}
+
+func TestConsoleShutdownWaitForServers(t *testing.T) {
+	env, con := consoleEnv(t)
+	inTx := env.Connect(pgtest.UserToken(t, "alice"))
+	rows(t, inTx, "begin; select 1")
+	idle := env.Connect(pgtest.UserToken(t, "bob"))
+	run(t, con, "SHUTDOWN WAIT_FOR_SERVERS")
+	// The client between transactions is closed; the one in a transaction
+	// may end it.
+	waitFor(t, 10*time.Second, "the idle client to be closed", func() bool {
+		_, err := idle.Exec(ctx(t), "select 1").ReadAll()
+		return err != nil
+	})
+	rows(t, inTx, "select 2; commit")
+	waitStopped(t, env, "once the transaction had ended")
+}
+
+func TestConsoleShutdown(t *testing.T) {
+	env, con := consoleEnv(t)
+	c := env.Connect(pgtest.UserToken(t, "alice"))
+	rows(t, c, "begin; select 1")
+	run(t, con, "SHUTDOWN") // answered, then the console is closed with the rest
+	waitStopped(t, env, "at SHUTDOWN")
+	if _, err := c.Exec(ctx(t), "select 1").ReadAll(); pgErr(err) == nil || pgErr(err).Code != "57P01" {
+		t.Fatalf("a client at SHUTDOWN: %v, want 57P01", err)
+	}
+	consoleErrOrGone(t, con)
+}
+
+// consoleErrOrGone checks the console was closed.
+func consoleErrOrGone(t *testing.T, con *pgconn.PgConn) {
+	t.Helper()
+	if _, err := con.Exec(ctx(t), "SHOW POOLS").ReadAll(); err == nil {
+		t.Fatal("the console still answers after SHUTDOWN")
 	}
 }

@@ -9,11 +9,14 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtoken/pgtoken/internal/config"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
@@ -191,4 +194,130 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestPgbouncerExporterQueries sends the console what
+// prometheus-community's pgbouncer_exporter (Go, lib/pq) sends on each
+// scrape, recorded from its collector.go, and checks its answers as that
+// exporter does: a scrape fails ("pgbouncer_up 0") on an error or a
+// missing column, and the whole /metrics fails if two columns of a row
+// map to one metric (reserve_pool and reserve_pool_size would).
+func TestPgbouncerExporterQueries(t *testing.T) {
+	env := pgtest.Start(t, func(c *config.Config) { c.AdminRoles = config.StringList{"web_admin"} })
+	client := env.Connect(pgtest.UserToken(t, "alice"))
+	if _, err := client.Exec(timeout(t, 10*time.Second), "begin; select 1").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	admin := pgtest.Token(t, map[string]any{"role": "web_admin", "sub": "exporter"})
+	con, err := pgconn.Connect(timeout(t, 10*time.Second),
+		fmt.Sprintf("host=127.0.0.1 port=%d user=pgbouncer dbname=pgbouncer password=%s sslmode=disable", env.App.Port(), admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer con.Close(context.Background())
+	show := func(q string) ([]string, [][]*string) {
+		t.Helper()
+		mrr := con.Exec(timeout(t, 10*time.Second), q)
+		var cols []string
+		var rows [][]*string
+		for mrr.NextResult() {
+			rr := mrr.ResultReader()
+			for _, f := range rr.FieldDescriptions() {
+				cols = append(cols, f.Name)
+			}
+			for rr.NextRow() {
+				var row []*string
+				for _, v := range rr.Values() {
+					if v == nil {
+						row = append(row, nil)
+					} else {
+						s := string(v)
+						row = append(row, &s)
+					}
+				}
+				rows = append(rows, row)
+			}
+		}
+		if err := mrr.Close(); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return cols, rows
+	}
+
+	show("SHOW STATS") // its connection check
+	if cols, rows := show("SHOW VERSION;"); len(cols) != 1 || cols[0] != "version" || len(rows) != 1 {
+		t.Errorf("SHOW VERSION: %v %d rows", cols, len(rows))
+	}
+	cols, rows := show("SHOW LISTS;")
+	if len(cols) != 2 {
+		t.Errorf("SHOW LISTS has %d columns", len(cols))
+	}
+	for _, r := range rows {
+		if _, err := strconv.ParseFloat(deref(r[1]), 64); err != nil {
+			t.Errorf("SHOW LISTS %s: %v", deref(r[0]), err)
+		}
+	}
+	if cols, _ := show("SHOW CONFIG;"); len(cols) != 4 {
+		t.Errorf("SHOW CONFIG has %d columns, want 3 or 4", len(cols))
+	}
+	cols, _ = show("SHOW CLIENTS;")
+	for _, c := range []string{"database", "user", "state", "application_name"} {
+		if !slices.Contains(cols, c) {
+			t.Errorf("SHOW CLIENTS lacks %s", c)
+		}
+	}
+	// Its column → metric maps (labels aside) for the namespaces it reads
+	// by column.
+	metricsOf := map[string]map[string]string{
+		"DATABASES": {"pool_size": "pool_size", "reserve_pool": "reserve_pool", "reserve_pool_size": "reserve_pool",
+			"max_connections": "max_connections", "current_connections": "current_connections", "paused": "paused", "disabled": "disabled"},
+		"STATS_TOTALS": {"query_count": "queries_pooled_total", "query_time": "queries_duration_seconds_total",
+			"bytes_received": "received_bytes_total", "requests": "queries_total", "bytes_sent": "sent_bytes_total",
+			"wait_time": "client_wait_seconds_total", "xact_count": "sql_transactions_pooled_total",
+			"xact_time": "server_in_transaction_seconds_total", "client_parse_count": "client_parses_total",
+			"server_parse_count": "server_parses_total", "bind_count": "binds_total", "server_assignment_count": "server_assignments_total"},
+		"POOLS": {"cl_active": "client_active_connections", "cl_active_cancel_req": "client_active_cancel_connections",
+			"cl_waiting": "client_waiting_connections", "cl_waiting_cancel_req": "client_waiting_cancel_connections",
+			"sv_active": "server_active_connections", "sv_active_cancel": "server_active_cancel_connections",
+			"sv_being_canceled": "server_being_canceled_connections", "sv_idle": "server_idle_connections",
+			"sv_used": "server_used_connections", "sv_tested": "server_testing_connections",
+			"sv_login": "server_login_connections", "maxwait": "client_maxwait_seconds"},
+	}
+	for ns, m := range metricsOf {
+		cols, rows := show("SHOW " + ns + ";")
+		if len(rows) == 0 {
+			t.Errorf("SHOW %s: no rows", ns)
+		}
+		seen := map[string]string{}
+		emitted := 0
+		for i, c := range cols {
+			metric, ok := m[c]
+			if !ok {
+				continue
+			}
+			emitted++
+			if other, dup := seen[metric]; dup {
+				t.Errorf("SHOW %s: columns %s and %s both become pgbouncer_%s", ns, other, c, metric)
+			}
+			seen[metric] = c
+			for _, r := range rows {
+				if r[i] == nil {
+					continue // NaN, allowed
+				}
+				if _, err := strconv.ParseFloat(*r[i], 64); err != nil {
+					t.Errorf("SHOW %s %s: %q is not a number", ns, c, *r[i])
+				}
+			}
+		}
+		if emitted == 0 {
+			t.Errorf("SHOW %s gives none of the exporter's metrics (columns %v)", ns, cols)
+		}
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
