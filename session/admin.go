@@ -107,7 +107,7 @@ var consoleHelp = [][2]string{
 	{"SHUTDOWN WAIT_FOR_CLIENTS", "stop accepting, stop once every client has left"},
 }
 
-// console is an admin client on database pgtoken: it answers simple
+// console is an admin client on database pgtoken or pgbouncer: it answers simple
 // queries itself and never touches a server connection.
 type console struct {
 	srv   *Server

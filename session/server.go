@@ -100,7 +100,8 @@ type Config struct {
 	// Observer hears about logins, refusals, pool waits and transactions
 	// (for metrics); nil means NopObserver.
 	Observer Observer
-	// AdminRoles may use the admin console (database "pgtoken"); none
+	// AdminRoles may use the admin console (database "pgtoken" or
+	// "pgbouncer"); none
 	// disables it. Admin answers the console's SHOW CONFIG and RELOAD.
 	AdminRoles []string
 	Admin      AdminBackend

@@ -315,7 +315,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 // runSignals serves until a signal stops pgtoken: SIGHUP reloads the
 // configuration; SIGTERM drains (transactions in flight may finish within
 // shutdown_timeout); SIGINT, or a second SIGTERM, closes every client at
-// once.
+// once. The admin console's SHUTDOWN stops it too.
 func runSignals(a *app.App, sigs <-chan os.Signal, log *zap.Logger) error {
 	var drained chan error
 	stopped := a.Stopped() // by the console's SHUTDOWN

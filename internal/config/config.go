@@ -34,7 +34,7 @@ type Config struct {
 	LogFormat       string              `yaml:"log_format" doc:"console or json"`
 	MetricsListen   string              `yaml:"metrics_listen" doc:"host:port for /metrics, /healthz, /readyz and /debug/sessions; empty disables"`
 	ShutdownTimeout Duration            `yaml:"shutdown_timeout" doc:"on SIGTERM, how long transactions in flight may take before their clients are closed" reload:"yes"`
-	AdminRoles      StringList          `yaml:"admin_roles" doc:"token roles that may use the admin console (database pgtoken); each must be in jwt.allowed_roles; empty disables the console" reload:"yes"`
+	AdminRoles      StringList          `yaml:"admin_roles" doc:"token roles that may use the admin console (database pgtoken, or pgbouncer as PgBouncer's tools expect); each must be in jwt.allowed_roles; empty disables the console" reload:"yes"`
 	Pool            Pool                `yaml:"pool"`
 	Databases       map[string]Database `yaml:"databases" doc:"client database name → its own upstream and pool size"`
 	PeerID          int                 `yaml:"peer_id" doc:"this pgtoken's id (0-7) among peers behind one load balancer; it goes into every cancel key"`
