@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -123,11 +124,15 @@ type console struct {
 	// (SHUTDOWN); run goroutine only.
 	after func()
 
+	// busy: running a command; lastReq: when the last query arrived (unix
+	// nanoseconds). For SHOW CLIENTS, read without mu, which a write to a
+	// client that does not read may hold.
+	busy    atomic.Bool
+	lastReq atomic.Int64
+
 	mu       sync.Mutex // serializes writes to nc; guards the fields below
 	cancelFn context.CancelFunc
 	closed   bool
-	busy     bool      // running a command
-	lastReq  time.Time // when the last query arrived
 }
 
 // openConsole finishes the login of an admin client: it refuses roles that
@@ -143,7 +148,8 @@ func (s *Server) openConsole(a *attempt, entry *client, r *wire.Reader, ident *a
 	_, _ = rand.Read(key[:])
 	db := cmp.Or(params["database"], params["user"])
 	now := time.Now()
-	c := &console{srv: s, id: a.id, key: key[:], db: db, nc: a.conn, r: r, log: log, ident: ident, start: now, lastReq: now}
+	c := &console{srv: s, id: a.id, key: key[:], db: db, nc: a.conn, r: r, log: log, ident: ident, start: now}
+	c.lastReq.Store(now.UnixNano())
 	entry.con, entry.appName, entry.tls = c, cleanAppName(params["application_name"]), secure
 	s.sessMu.Lock()
 	for c.id == 0 || s.clients[c.id] != nil {
@@ -295,14 +301,9 @@ func (c *console) cancelCommand() {
 // exec runs the commands of one Query (separated by ';') and returns the
 // answer, ending with ReadyForQuery. An error stops the rest.
 func (c *console) exec(sql string) []byte {
-	c.mu.Lock()
-	c.busy, c.lastReq = true, time.Now()
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		c.busy = false
-		c.mu.Unlock()
-	}()
+	c.busy.Store(true)
+	c.lastReq.Store(time.Now().UnixNano())
+	defer c.busy.Store(false)
 	var out []byte
 	n := 0
 	for _, cmd := range strings.Split(sql, ";") {
@@ -311,7 +312,14 @@ func (c *console) exec(sql string) []byte {
 			continue
 		}
 		n++
-		c.log.Info("admin command", zap.String("command", cmd))
+		// SHOW at debug: an exporter sends several every scrape.
+		level := zap.InfoLevel
+		if len(cmd) >= 4 && strings.EqualFold(cmd[:4], "SHOW") {
+			level = zap.DebugLevel
+		}
+		if ce := c.log.Check(level, "admin command"); ce != nil {
+			ce.Write(zap.String("command", cmd))
+		}
 		b, err := c.command(cmd)
 		if err != nil {
 			out = appendError(out, err)
@@ -425,7 +433,7 @@ func (c *console) command(cmd string) ([]byte, error) {
 		if b == nil {
 			return nil, wire.Errorf(wire.CodeFeatureNotSupported, "SHUTDOWN is not available here")
 		}
-		c.log.Info("SHUTDOWN from the admin console", zap.Int("mode", int(mode)))
+		c.log.Info("SHUTDOWN from the admin console", zap.String("command", cmd))
 		// After the answer is written: SHUTDOWN closes this console too.
 		c.after = func() { b.Shutdown(mode) }
 		return done(verb, nil)

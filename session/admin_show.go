@@ -185,12 +185,10 @@ func (s *Server) snapshot() snapshot {
 		ci := clientInfo{appName: e.appName, state: "idle"}
 		if con := e.con; con != nil {
 			ci.id, ci.role, ci.sub, ci.db, ci.nc, ci.connect = con.id, con.ident.Role, con.ident.Sub, con.db, con.nc, con.start
-			con.mu.Lock()
-			ci.request = con.lastReq
-			if con.busy {
+			ci.request = time.Unix(0, con.lastReq.Load())
+			if con.busy.Load() {
 				ci.state = "active"
 			}
-			con.mu.Unlock()
 		} else {
 			sess := e.sess
 			ci.id, ci.role, ci.sub, ci.db, ci.nc, ci.connect = sess.id, sess.ident.Role, sess.ident.Sub, sess.db, sess.nc, sess.start
