@@ -4,27 +4,35 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/pgtoken/pgtoken/authn"
-	"github.com/pgtoken/pgtoken/session/pool"
 	"github.com/pgtoken/pgtoken/wire"
 )
 
-// ConsoleDatabase is the database name that reaches the admin console, for
-// a token whose role is one of the admin roles.
-const ConsoleDatabase = "pgtoken"
+// The database names that reach the admin console, for a token whose role
+// is one of the admin roles: pgtoken's own, and PgBouncer's, where
+// PgBouncer's tools (exporters, dashboards, scripts) connect.
+const (
+	ConsoleDatabase          = "pgtoken"
+	PgBouncerConsoleDatabase = "pgbouncer"
+)
+
+// IsConsoleDatabase reports whether db names the admin console (when
+// admin_roles is set).
+func IsConsoleDatabase(db string) bool {
+	return db == ConsoleDatabase || db == PgBouncerConsoleDatabase
+}
 
 // AdminBackend is what the console asks of the rest of pgtoken.
 type AdminBackend interface {
@@ -35,7 +43,26 @@ type AdminBackend interface {
 	// Reload re-reads the configuration and applies what can change
 	// without a restart.
 	Reload() error
+	// Shutdown begins stopping pgtoken (the process exits when it is
+	// done) and returns at once.
+	Shutdown(ShutdownMode)
 }
+
+// ShutdownMode is how the console's SHUTDOWN stops pgtoken.
+type ShutdownMode int
+
+// Shutdown modes, as PgBouncer's SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS].
+const (
+	// ShutdownNow closes every client at once (as SIGINT).
+	ShutdownNow ShutdownMode = iota
+	// ShutdownWaitForServers stops accepting, closes clients between
+	// transactions and lets those inside one finish it, up to
+	// shutdown_timeout (as SIGTERM).
+	ShutdownWaitForServers
+	// ShutdownWaitForClients stops accepting and exits once every client
+	// has disconnected by itself.
+	ShutdownWaitForClients
+)
 
 // ConfigRow is one row of SHOW CONFIG.
 type ConfigRow struct {
@@ -45,36 +72,63 @@ type ConfigRow struct {
 
 // SQLSTATEs the console answers with.
 const (
-	codeUndefinedObject = "42704"
-	codeQueryCanceled   = "57014"
-	codeConfigFile      = "F0000"
+	codeUndefinedObject        = "42704"
+	codeQueryCanceled          = "57014"
+	codeConfigFile             = "F0000"
+	codeNotInPrerequisiteState = "55000"
 )
 
 // consoleHelp lists the console's commands.
 var consoleHelp = [][2]string{
-	{"SHOW POOLS", "one row per pool: clients, server connections, longest wait"},
+	{"SHOW DATABASES", "one row per database: upstream, pool size, min and reserve size, lifetime, connections, paused"},
+	{"SHOW POOLS", "one row per pool: clients active and waiting, server connections by state, longest wait"},
 	{"SHOW CLIENTS", "one row per client connection"},
 	{"SHOW SERVERS", "one row per server connection"},
-	{"SHOW STATS", "totals per database: transactions, queries, time"},
+	{"SHOW SOCKETS", "clients, server connections and logins in progress, one row each"},
+	{"SHOW USERS", "one row per client role and upstream user, with its connections"},
+	{"SHOW STATS", "per database: totals since start and averages over the last stats period"},
+	{"SHOW STATS_TOTALS, STATS_AVERAGES, TOTALS", "the totals, the averages, both over all databases"},
+	{"SHOW LISTS", "counts of databases, users, pools, clients, server connections"},
+	{"SHOW MEM", "memory: server connection buffers, the Go heap"},
+	{"SHOW STATE", "whether pgtoken is active, paused or suspended"},
+	{"SHOW PEERS", "the pgtoken peers cancel requests are forwarded to"},
 	{"SHOW CONFIG", "the effective settings (secrets redacted)"},
 	{"SHOW VERSION", "pgtoken's version"},
 	{"SHOW HELP", "this list"},
 	{"RELOAD", "re-read the configuration (as SIGHUP does)"},
 	{"PAUSE [db]", "wait until the transactions running end, close the server connections, hold new transactions"},
-	{"RESUME [db]", "end a PAUSE"},
+	{"RESUME [db]", "end a PAUSE, KILL or SUSPEND"},
+	{"SUSPEND", "hold new transactions of every database at once (RESUME, or the last console leaving, ends it)"},
+	{"KILL [db]", "close the clients and server connections at once, hold new transactions"},
 	{"KILL_CLIENT id", "close a client (id as in SHOW CLIENTS) with FATAL 57P01"},
+	{"RECONNECT [db]", "close each server connection once it is not in use; new ones log in as needed"},
+	{"WAIT_CLOSE [db]", "wait until the server connections RECONNECT marked are closed"},
+	{"SHUTDOWN", "stop pgtoken now (as SIGINT)"},
+	{"SHUTDOWN WAIT_FOR_SERVERS", "stop accepting, let transactions finish, then stop (as SIGTERM)"},
+	{"SHUTDOWN WAIT_FOR_CLIENTS", "stop accepting, stop once every client has left"},
 }
 
-// console is an admin client on database pgtoken: it answers simple
+// console is an admin client on database pgtoken or pgbouncer: it answers simple
 // queries itself and never touches a server connection.
 type console struct {
 	srv   *Server
 	id    uint32
 	key   []byte
+	db    string // the database name it was reached by
 	nc    net.Conn
 	r     *wire.Reader
 	log   *zap.Logger
 	ident *authn.Identity
+	start time.Time
+	// after runs once the answer of the current query has been written
+	// (SHUTDOWN); run goroutine only.
+	after func()
+
+	// busy: running a command; lastReq: when the last query arrived (unix
+	// nanoseconds). For SHOW CLIENTS, read without mu, which a write to a
+	// client that does not read may hold.
+	busy    atomic.Bool
+	lastReq atomic.Int64
 
 	mu       sync.Mutex // serializes writes to nc; guards the fields below
 	cancelFn context.CancelFunc
@@ -92,7 +146,10 @@ func (s *Server) openConsole(a *attempt, entry *client, r *wire.Reader, ident *a
 	}
 	var key [4]byte
 	_, _ = rand.Read(key[:])
-	c := &console{srv: s, id: a.id, key: key[:], nc: a.conn, r: r, log: log, ident: ident}
+	db := cmp.Or(params["database"], params["user"])
+	now := time.Now()
+	c := &console{srv: s, id: a.id, key: key[:], db: db, nc: a.conn, r: r, log: log, ident: ident, start: now}
+	c.lastReq.Store(now.UnixNano())
 	entry.con, entry.appName, entry.tls = c, cleanAppName(params["application_name"]), secure
 	s.sessMu.Lock()
 	for c.id == 0 || s.clients[c.id] != nil {
@@ -133,6 +190,7 @@ func (c *console) run() {
 	_ = c.nc.SetDeadline(time.Time{})
 	c.log.Info("admin console connected")
 	defer c.log.Info("admin console disconnected")
+	defer c.srv.consoleLeft(c)
 	skipping := false // after an extended-protocol message, until Sync
 	for {
 		typ, _, err := c.r.Next()
@@ -189,6 +247,10 @@ func (c *console) run() {
 		if len(out) > 0 && !c.write(out) {
 			return
 		}
+		if f := c.after; f != nil {
+			c.after = nil
+			f()
+		}
 	}
 }
 
@@ -239,6 +301,9 @@ func (c *console) cancelCommand() {
 // exec runs the commands of one Query (separated by ';') and returns the
 // answer, ending with ReadyForQuery. An error stops the rest.
 func (c *console) exec(sql string) []byte {
+	c.busy.Store(true)
+	c.lastReq.Store(time.Now().UnixNano())
+	defer c.busy.Store(false)
 	var out []byte
 	n := 0
 	for _, cmd := range strings.Split(sql, ";") {
@@ -247,7 +312,14 @@ func (c *console) exec(sql string) []byte {
 			continue
 		}
 		n++
-		c.log.Info("admin command", zap.String("command", cmd))
+		// SHOW at debug: an exporter sends several every scrape.
+		level := zap.InfoLevel
+		if len(cmd) >= 4 && strings.EqualFold(cmd[:4], "SHOW") {
+			level = zap.DebugLevel
+		}
+		if ce := c.log.Check(level, "admin command"); ce != nil {
+			ce.Write(zap.String("command", cmd))
+		}
 		b, err := c.command(cmd)
 		if err != nil {
 			out = appendError(out, err)
@@ -261,47 +333,46 @@ func (c *console) exec(sql string) []byte {
 	return appendReady(out)
 }
 
-// command runs one console command.
+// command runs one console command: a verb and at most two words, as
+// PgBouncer's console takes them (a word may be double-quoted).
 func (c *console) command(cmd string) ([]byte, error) {
 	words := strings.Fields(cmd)
 	verb := strings.ToUpper(words[0])
 	args := words[1:]
+	for i, a := range args {
+		if len(a) >= 2 && a[0] == '"' && a[len(a)-1] == '"' {
+			args[i] = strings.ReplaceAll(a[1:len(a)-1], `""`, `"`)
+		}
+	}
 	usage := func(form string) error {
 		return wire.Errorf(wire.CodeSyntaxError, "usage: %s", form)
+	}
+	// dbArg is the optional database of PAUSE, RESUME, KILL, RECONNECT,
+	// WAIT_CLOSE.
+	dbArg := func() (string, error) {
+		if len(args) > 1 {
+			return "", usage(verb + " [database]")
+		}
+		if len(args) == 1 {
+			return args[0], nil
+		}
+		return "", nil
+	}
+	done := func(tag string, err error) ([]byte, error) {
+		if err != nil {
+			return nil, err
+		}
+		return wire.AppendCommandComplete(nil, tag), nil
 	}
 	switch verb {
 	case "SHOW":
 		if len(args) != 1 {
-			return nil, usage("SHOW POOLS | CLIENTS | SERVERS | STATS | CONFIG | VERSION | HELP")
+			return nil, usage("SHOW DATABASES | POOLS | CLIENTS | SERVERS | SOCKETS | USERS | STATS | LISTS | MEM | STATE | CONFIG | VERSION | HELP | ...")
 		}
-		switch strings.ToUpper(args[0]) {
-		case "POOLS":
-			return c.showPools(), nil
-		case "CLIENTS":
-			return c.showClients(), nil
-		case "SERVERS":
-			return c.showServers(), nil
-		case "STATS":
-			return c.showStats(), nil
-		case "CONFIG":
-			return c.showConfig()
-		case "VERSION":
-			rs := result{cols: []column{{"version", oidText}}}
-			v := "dev"
-			if b := c.srv.cfg.Admin; b != nil {
-				v = b.Version()
-			}
-			rs.add("pgtoken " + v)
-			return rs.encode("SHOW"), nil
-		case "HELP":
-			rs := result{cols: []column{{"command", oidText}, {"description", oidText}}}
-			for _, h := range consoleHelp {
-				rs.add(h[0], h[1])
-			}
-			return rs.encode("SHOW"), nil
-		}
-		return nil, wire.Errorf(wire.CodeSyntaxError, "unknown SHOW item %q", args[0]).
-			WithHint("SHOW HELP lists the commands.")
+		return c.show(args[0])
+	case "SET":
+		return nil, wire.Errorf(wire.CodeFeatureNotSupported, "pgtoken's console does not change settings").
+			WithHint("Change the configuration and RELOAD.")
 	case "RELOAD":
 		if len(args) != 0 {
 			return nil, usage("RELOAD")
@@ -313,42 +384,29 @@ func (c *console) command(cmd string) ([]byte, error) {
 		if err := b.Reload(); err != nil {
 			return nil, wire.Errorf(codeConfigFile, "reload refused; the configuration in use stays: %v", err)
 		}
-		return wire.AppendCommandComplete(nil, "RELOAD"), nil
-	case "PAUSE", "RESUME":
-		if len(args) > 1 {
-			return nil, usage(verb + " [database]")
-		}
-		db := ""
-		if len(args) == 1 {
-			db = strings.Trim(args[0], `"`)
-		}
-		if verb == "RESUME" {
-			if err := c.srv.Resume(db); err != nil {
-				return nil, err
-			}
-			return wire.AppendCommandComplete(nil, "RESUME"), nil
-		}
-		ctx, cancel := context.WithCancel(c.srv.ctx)
-		c.mu.Lock()
-		c.cancelFn = cancel
-		c.mu.Unlock()
-		err := c.srv.Pause(ctx, db)
-		c.mu.Lock()
-		c.cancelFn = nil
-		c.mu.Unlock()
-		cancel()
-		if errors.Is(err, context.Canceled) {
-			return nil, wire.Errorf(codeQueryCanceled, "canceling statement due to user request").
-				WithHint("The pool stays paused: RESUME undoes PAUSE.")
-		}
+		return done("RELOAD", nil)
+	case "PAUSE", "WAIT_CLOSE":
+		db, err := dbArg()
 		if err != nil {
-			var we *wire.Error
-			if !errors.As(err, &we) {
-				err = wire.Errorf("55000", "%v", err)
-			}
 			return nil, err
 		}
-		return wire.AppendCommandComplete(nil, "PAUSE"), nil
+		wait := c.srv.Pause
+		if verb == "WAIT_CLOSE" {
+			wait = c.srv.WaitClose
+		}
+		return done(verb, c.cancellable(verb, func(ctx context.Context) error { return wait(ctx, db) }))
+	case "RESUME", "KILL", "RECONNECT":
+		db, err := dbArg()
+		if err != nil {
+			return nil, err
+		}
+		act := map[string]func(string) error{"RESUME": c.srv.Resume, "KILL": c.srv.Kill, "RECONNECT": c.srv.Reconnect}[verb]
+		return done(verb, act(db))
+	case "SUSPEND":
+		if len(args) != 0 {
+			return nil, usage("SUSPEND")
+		}
+		return done(verb, c.srv.Suspend())
 	case "KILL_CLIENT":
 		if len(args) != 1 {
 			return nil, usage("KILL_CLIENT id")
@@ -357,195 +415,92 @@ func (c *console) command(cmd string) ([]byte, error) {
 		if err != nil {
 			return nil, usage("KILL_CLIENT id (a number from SHOW CLIENTS)")
 		}
-		if !c.srv.Kill(uint32(id)) {
+		if !c.srv.KillClient(uint32(id)) {
 			return nil, wire.Errorf(codeUndefinedObject, "no client with id %d", id)
 		}
-		return wire.AppendCommandComplete(nil, "KILL_CLIENT"), nil
+		return done(verb, nil)
+	case "SHUTDOWN":
+		mode := ShutdownNow
+		switch {
+		case len(args) == 1 && strings.EqualFold(args[0], "WAIT_FOR_SERVERS"):
+			mode = ShutdownWaitForServers
+		case len(args) == 1 && strings.EqualFold(args[0], "WAIT_FOR_CLIENTS"):
+			mode = ShutdownWaitForClients
+		case len(args) != 0:
+			return nil, usage("SHUTDOWN [WAIT_FOR_SERVERS | WAIT_FOR_CLIENTS]")
+		}
+		b := c.srv.cfg.Admin
+		if b == nil {
+			return nil, wire.Errorf(wire.CodeFeatureNotSupported, "SHUTDOWN is not available here")
+		}
+		c.log.Info("SHUTDOWN from the admin console", zap.String("command", cmd))
+		// After the answer is written: SHUTDOWN closes this console too.
+		c.after = func() { b.Shutdown(mode) }
+		return done(verb, nil)
 	}
 	return nil, wire.Errorf(wire.CodeSyntaxError, "unknown admin command %q", words[0]).
 		WithHint("SHOW HELP lists the commands.")
 }
 
-func (c *console) showPools() []byte {
-	rs := result{cols: []column{
-		{"database", oidText}, {"user", oidText},
-		{"cl_active", oidInt8}, {"cl_waiting", oidInt8},
-		{"sv_active", oidInt8}, {"sv_idle", oidInt8}, {"sv_used", oidInt8}, {"sv_login", oidInt8},
-		{"maxwait", oidInt8}, {"maxwait_us", oidInt8}, {"pool_mode", oidText},
-		{"pool_size", oidInt8}, {"paused", oidInt8},
-	}}
-	for _, p := range c.srv.Stats().Pools {
-		rs.add(p.Database, p.User, max(p.Clients-p.Waiting, 0), p.Waiting,
-			p.Active, p.Idle, 0, p.Connecting,
-			int64(p.MaxWait/time.Second), int64(p.MaxWait%time.Second/time.Microsecond), string(p.Mode),
-			p.Size, p.Paused)
-	}
-	return rs.encode("SHOW")
-}
-
-func (c *console) showClients() []byte {
-	rs := result{cols: []column{
-		{"type", oidText}, {"user", oidText}, {"database", oidText}, {"state", oidText},
-		{"addr", oidText}, {"port", oidInt8}, {"local_addr", oidText}, {"local_port", oidInt8},
-		{"connect_time", oidText}, {"tls", oidText}, {"application_name", oidText},
-		{"id", oidInt8}, {"sub", oidText}, {"server_pid", oidInt8},
-	}}
-	s := c.srv
-	s.sessMu.RLock()
-	entries := make([]*client, 0, len(s.clients))
-	for _, e := range s.clients {
-		entries = append(entries, e)
-	}
-	s.sessMu.RUnlock()
-	type row struct {
-		id  uint32
-		val []any
-	}
-	rows := make([]row, 0, len(entries))
-	for _, e := range entries {
-		var (
-			id            uint32
-			role, sub, db string
-			state         = "idle"
-			nc            net.Conn
-			start         time.Time
-			serverPID     any
-		)
-		if e.con != nil {
-			id, role, sub, db, state, nc = e.con.id, e.con.ident.Role, e.con.ident.Sub, ConsoleDatabase, "active", e.con.nc
-		} else {
-			sess := e.sess
-			id, role, sub, db, nc, start = sess.id, sess.ident.Role, sess.ident.Sub, sess.db, sess.nc, sess.start
-			sess.mu.Lock()
-			if sess.conn != nil {
-				state, serverPID = "active", int64(sess.conn.PID)
-			}
-			sess.mu.Unlock()
+// cancellable runs a command that waits (PAUSE, WAIT_CLOSE) so that a
+// CancelRequest (psql's Ctrl-C) stops the wait with 57014.
+func (c *console) cancellable(verb string, wait func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(c.srv.ctx)
+	c.mu.Lock()
+	c.cancelFn = cancel
+	c.mu.Unlock()
+	err := wait(ctx)
+	c.mu.Lock()
+	c.cancelFn = nil
+	c.mu.Unlock()
+	cancel()
+	if errors.Is(err, context.Canceled) {
+		e := wire.Errorf(codeQueryCanceled, "canceling statement due to user request")
+		if verb == "PAUSE" {
+			e = e.WithHint("The pool stays paused: RESUME undoes PAUSE.")
 		}
-		ra, rp := splitAddr(nc.RemoteAddr())
-		la, lp := splitAddr(nc.LocalAddr())
-		tlsv := ""
-		if tc, ok := nc.(*tls.Conn); ok {
-			tlsv = tls.VersionName(tc.ConnectionState().Version)
-		}
-		var connected any
-		if !start.IsZero() {
-			connected = start
-		}
-		rows = append(rows, row{id, []any{"C", role, db, state, ra, rp, la, lp, connected, tlsv, e.appName, int64(id), sub, serverPID}})
+		return e
 	}
-	slices.SortFunc(rows, func(a, b row) int { return cmp.Compare(a.id, b.id) })
-	for _, r := range rows {
-		rs.add(r.val...)
-	}
-	return rs.encode("SHOW")
-}
-
-func (c *console) showServers() []byte {
-	rs := result{cols: []column{
-		{"type", oidText}, {"user", oidText}, {"database", oidText}, {"state", oidText},
-		{"addr", oidText}, {"port", oidInt8}, {"local_addr", oidText}, {"local_port", oidInt8},
-		{"connect_time", oidText}, {"request_time", oidText}, {"remote_pid", oidInt8}, {"client_id", oidInt8},
-	}}
-	s := c.srv
-	s.poolsMu.Lock()
-	names := make([]string, 0, len(s.pools))
-	for name := range s.pools {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	pools := make([]*poolRef, 0, len(names))
-	for _, name := range names {
-		pools = append(pools, &poolRef{name, s.pools[name].User(), s.pools[name].Conns()})
-	}
-	s.poolsMu.Unlock()
-	for _, p := range pools {
-		slices.SortFunc(p.conns, func(a, b poolConn) int { return cmp.Compare(a.PID, b.PID) })
-		for _, ci := range p.conns {
-			state := "idle"
-			var link any
-			if ci.InUse {
-				state = "active"
-			}
-			if sess, ok := ci.Handler.(*Session); ok {
-				link = int64(sess.id)
-			}
-			ra, rp := splitAddr(ci.Remote)
-			la, lp := splitAddr(ci.Local)
-			used := ci.LastUsed
-			if used.IsZero() {
-				used = ci.Born
-			}
-			rs.add("S", p.user, p.name, state, ra, rp, la, lp, ci.Born, used, int64(ci.PID), link)
-		}
-	}
-	return rs.encode("SHOW")
-}
-
-func (c *console) showStats() []byte {
-	rs := result{cols: []column{
-		{"database", oidText}, {"total_xact_count", oidInt8}, {"total_query_count", oidInt8},
-		{"total_xact_time", oidInt8}, {"total_wait_time", oidInt8}, {"avg_xact_time", oidInt8},
-	}}
-	for _, p := range c.srv.Stats().Pools {
-		avg := int64(0)
-		if p.Transactions > 0 {
-			avg = p.TransactionTime.Microseconds() / p.Transactions
-		}
-		rs.add(p.Database, p.Transactions, p.Queries, p.TransactionTime.Microseconds(), p.WaitTime.Microseconds(), avg)
-	}
-	return rs.encode("SHOW")
-}
-
-func (c *console) showConfig() ([]byte, error) {
-	b := c.srv.cfg.Admin
-	if b == nil {
-		return nil, wire.Errorf(wire.CodeFeatureNotSupported, "SHOW CONFIG is not available here")
-	}
-	rs := result{cols: []column{{"key", oidText}, {"value", oidText}, {"default", oidText}, {"changeable", oidText}}}
-	for _, r := range b.ConfigRows() {
-		ch := "no"
-		if r.Changeable {
-			ch = "yes"
-		}
-		rs.add(r.Key, r.Value, r.Default, ch)
-	}
-	return rs.encode("SHOW"), nil
-}
-
-type poolConn = pool.ConnInfo
-
-// poolRef is one pool's connections, listed for SHOW SERVERS.
-type poolRef struct {
-	name, user string
-	conns      []poolConn
-}
-
-func splitAddr(a net.Addr) (string, any) {
-	if a == nil {
-		return "", nil
-	}
-	host, port, err := net.SplitHostPort(a.String())
 	if err != nil {
-		return a.String(), nil
+		var we *wire.Error
+		if !errors.As(err, &we) {
+			err = wire.Errorf(codeNotInPrerequisiteState, "%v", err)
+		}
+		return err
 	}
-	n, err := strconv.Atoi(port)
-	if err != nil {
-		return host, nil
-	}
-	return host, int64(n)
+	return nil
 }
 
 // Result sets.
 
+// Type OIDs of the console's columns.
 const (
-	oidInt8 = 20
-	oidText = 25
+	oidInt4    = 23
+	oidInt8    = 20
+	oidText    = 25
+	oidNumeric = 1700
 )
 
 type column struct {
 	name string
 	oid  uint32
+}
+
+// columns describes a result as PgBouncer's console sources do: one letter
+// per column, s text, i int4, q int8, N numeric, T a timestamp sent as text.
+func columns(types string, names ...string) []column {
+	if len(types) != len(names) {
+		panic(fmt.Sprintf("console columns: %d types for %d names", len(types), len(names)))
+	}
+	cols := make([]column, len(names))
+	for i, n := range names {
+		oid := map[byte]uint32{'s': oidText, 'T': oidText, 'i': oidInt4, 'q': oidInt8, 'N': oidNumeric}[types[i]]
+		if oid == 0 {
+			panic(fmt.Sprintf("console columns: type %q", types[i]))
+		}
+		cols[i] = column{n, oid}
+	}
+	return cols
 }
 
 type result struct {
@@ -561,7 +516,10 @@ func (r *result) encode(tag string) []byte {
 	rd := pgproto3.RowDescription{Fields: make([]pgproto3.FieldDescription, len(r.cols))}
 	for i, c := range r.cols {
 		size := int16(-1)
-		if c.oid == oidInt8 {
+		switch c.oid {
+		case oidInt4:
+			size = 4
+		case oidInt8:
 			size = 8
 		}
 		rd.Fields[i] = pgproto3.FieldDescription{Name: []byte(c.name), DataTypeOID: c.oid, DataTypeSize: size, TypeModifier: -1}
@@ -588,6 +546,8 @@ func textValue(v any) []byte {
 		return strconv.AppendInt(nil, int64(x), 10)
 	case int64:
 		return strconv.AppendInt(nil, x, 10)
+	case uint32:
+		return strconv.AppendUint(nil, uint64(x), 10)
 	case bool:
 		if x {
 			return []byte("1")

@@ -349,7 +349,7 @@ func (s *Server) admit(a *attempt, st *startup, token string) (*admission, error
 		s.obs.AuthFailed(authReason(authn.ReasonExpired))
 		return nil, wire.Fatalf(wire.CodeInvalidPassword, "token rejected (expired): token expired")
 	}
-	if st.db == ConsoleDatabase && len(*s.admins.Load()) > 0 {
+	if IsConsoleDatabase(st.db) && len(*s.admins.Load()) > 0 {
 		return &admission{ident: ident, console: true}, nil
 	}
 	if !s.Serves(st.db) {

@@ -107,7 +107,8 @@ type Config struct {
 	// Observer hears about logins, refusals, pool waits and transactions
 	// (for metrics); nil means NopObserver.
 	Observer Observer
-	// AdminRoles may use the admin console (database "pgtoken"); none
+	// AdminRoles may use the admin console (database "pgtoken" or
+	// "pgbouncer"); none
 	// disables it. Admin answers the console's SHOW CONFIG and RELOAD.
 	AdminRoles []string
 	Admin      AdminBackend
@@ -134,9 +135,11 @@ type Server struct {
 	peers    atomic.Pointer[map[int]string]
 	timeouts atomic.Pointer[ClientTimeouts]
 
-	poolsMu   sync.Mutex
-	pools     map[string]*pool.Pool
-	pausedAll bool // PAUSE without a database: pools made later start paused
+	poolsMu sync.Mutex
+	pools   map[string]*pool.Pool
+	// paused: PAUSE, KILL or SUSPEND of every database (control.go); pools
+	// made later start paused too.
+	paused pauseMode
 
 	sessMu  sync.RWMutex
 	clients map[uint32]*client // logged-in sessions and consoles by id
@@ -151,6 +154,8 @@ type Server struct {
 	roles        roleState        // upstream lock-down facts per pool (roles.go)
 	upstreamDB   string           // the upstream DSN's own database
 	draining     atomic.Bool      // Shutdown or Close began: no new sessions or transactions
+	refusing     atomic.Bool      // StopAccepting: no new clients; those logged in go on
+	stats        *statsWindow     // SHOW STATS' averages (admin_stats.go)
 
 	lnMu      sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -235,9 +240,11 @@ func NewServer(cfg Config) (*Server, error) {
 		listeners: map[net.Listener]struct{}{},
 		readBufs:  wire.NewBufferPool(clientReadBuffer),
 		limiter:   failureLimiter{rate: rate.Limit(cfg.AuthFailureRate), burst: max(cfg.AuthFailureBurst, 1)},
+		stats:     newStatsWindow(time.Now()),
 		ctx:       ctx,
 		stop:      stop,
 	}
+	go s.refreshStats(statsPeriod) // ends with ctx
 	s.preludeStmts = ownStmts{prefix: "pgtoken_prelude_", local: true}
 	s.sessionStmts = ownStmts{prefix: "pgtoken_session_", local: false}
 	s.wg.Add(1)
@@ -283,7 +290,7 @@ func (s *Server) SetPeers(peers map[int]string) {
 // called.
 func (s *Server) Serve(l net.Listener) error {
 	s.lnMu.Lock()
-	if s.draining.Load() {
+	if s.draining.Load() || s.refusing.Load() {
 		s.lnMu.Unlock()
 		_ = l.Close()
 		return nil
@@ -431,19 +438,6 @@ func (s *Server) Close() {
 	}
 }
 
-// Kill closes the client with this id (as SHOW CLIENTS lists it) with
-// FATAL 57P01; false if there is none.
-func (s *Server) Kill(id uint32) bool {
-	s.sessMu.RLock()
-	c := s.clients[id]
-	s.sessMu.RUnlock()
-	if c == nil {
-		return false
-	}
-	s.terminate(c, "terminating connection due to administrator command")
-	return true
-}
-
 // terminate sends a client FATAL 57P01 after whatever it has been sent
 // whole, and closes its socket; its goroutine then ends the session
 // (dropping or cleaning its server connection as after any disconnect).
@@ -574,11 +568,18 @@ func (s *Server) poolFor(db string) (*pool.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.pausedAll {
+	if s.paused != pauseNone {
 		p.Hold()
 	}
 	s.pools[db] = p
 	return p, nil
+}
+
+// upstreamConfig is the server login of a database pgtoken serves (under
+// poolsMu), for the console's SHOW DATABASES.
+func (s *Server) upstreamConfig(db string) (*pgconn.Config, error) {
+	pgcfg, _, err := s.upstreamFor(db)
+	return pgcfg, err
 }
 
 // sizeFor is the pool size of a client database name (under poolsMu).
@@ -610,66 +611,6 @@ func (s *Server) Resize(defaultSize int, perDB map[string]int) {
 	for name, p := range s.pools {
 		p.Resize(s.sizeFor(name))
 	}
-}
-
-// Pause stops handing out server connections of one database (all, when db
-// is ""), waits until those in use are released, and closes them.
-func (s *Server) Pause(ctx context.Context, db string) error {
-	pools, err := s.poolsNamed(db, true)
-	if err != nil {
-		return err
-	}
-	for _, p := range pools {
-		p.Hold()
-	}
-	for _, p := range pools {
-		if err := p.Pause(ctx); err != nil {
-			return fmt.Errorf("pause %s: %w", p.Name(), err)
-		}
-	}
-	return nil
-}
-
-// Resume ends a Pause of one database (all, when db is "").
-func (s *Server) Resume(db string) error {
-	pools, err := s.poolsNamed(db, false)
-	if err != nil {
-		return err
-	}
-	for _, p := range pools {
-		p.Resume()
-	}
-	return nil
-}
-
-// poolsNamed returns the pool of db, or all pools when db is "" (and
-// marks pools made later as paused or not).
-func (s *Server) poolsNamed(db string, pause bool) ([]*pool.Pool, error) {
-	if db != "" {
-		s.poolsMu.Lock()
-		p, ok := s.pools[db]
-		_, mapped := s.cfg.Databases[db]
-		s.poolsMu.Unlock()
-		if !ok && mapped {
-			var err error
-			if p, err = s.poolFor(db); err != nil {
-				return nil, err
-			}
-			ok = true
-		}
-		if !ok {
-			return nil, wire.Errorf(codeUndefinedObject, "no pool for database %q (no client has used it)", db)
-		}
-		return []*pool.Pool{p}, nil
-	}
-	s.poolsMu.Lock()
-	defer s.poolsMu.Unlock()
-	s.pausedAll = pause
-	out := make([]*pool.Pool, 0, len(s.pools))
-	for _, p := range s.pools {
-		out = append(out, p)
-	}
-	return out, nil
 }
 
 // acquire takes a server connection for a session.
@@ -875,8 +816,18 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// Draining reports whether Shutdown or Close has begun.
-func (s *Server) Draining() bool { return s.draining.Load() }
+// Draining reports whether pgtoken stopped accepting clients: Shutdown,
+// Close or StopAccepting began.
+func (s *Server) Draining() bool { return s.draining.Load() || s.refusing.Load() }
+
+// StopAccepting closes the listeners; clients logged in go on as before
+// (the console's SHUTDOWN WAIT_FOR_CLIENTS).
+func (s *Server) StopAccepting() {
+	s.lnMu.Lock()
+	s.refusing.Store(true)
+	s.lnMu.Unlock()
+	s.closeListeners()
+}
 
 // Observer hears about events worth counting. Its methods are called on
 // the hot path, so they must be cheap, never block and be safe for

@@ -316,11 +316,15 @@ func serve(args []string, stdout, stderr io.Writer) error {
 // runSignals serves until a signal stops pgtoken: SIGHUP reloads the
 // configuration; SIGTERM drains (transactions in flight may finish within
 // shutdown_timeout); SIGINT, or a second SIGTERM, closes every client at
-// once.
+// once. The admin console's SHUTDOWN stops it too.
 func runSignals(a *app.App, sigs <-chan os.Signal, log *zap.Logger) error {
 	var drained chan error
+	stopped := a.Stopped() // by the console's SHUTDOWN
 	for {
 		select {
+		case <-stopped:
+			log.Info("pgtoken stopped")
+			return a.Err()
 		case err := <-drained:
 			log.Info("pgtoken stopped")
 			if errors.Is(err, context.DeadlineExceeded) {
@@ -336,6 +340,7 @@ func runSignals(a *app.App, sigs <-chan os.Signal, log *zap.Logger) error {
 				timeout := a.ShutdownTimeout()
 				log.Info("SIGTERM: draining", zap.Duration("shutdown_timeout", timeout))
 				drained = make(chan error, 1)
+				stopped = nil // drained tells how the drain ended
 				go func() {
 					ctx, cancel := context.WithTimeout(context.Background(), timeout)
 					defer cancel()

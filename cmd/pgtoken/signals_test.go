@@ -198,11 +198,21 @@ jwt:
 	}
 }
 
-// TestServeSIGINTStopsAtOnce: SIGINT does not wait for a running query.
-func TestServeSIGINTStopsAtOnce(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
+// served is a pgtoken serve process a test started.
+type served struct {
+	cmd    *exec.Cmd
+	port   int
+	db     string
+	logs   *syncBuffer
+	exited chan error
+}
+
+// startServe builds and runs pgtoken serve in front of a fresh database,
+// configured by the environment (env adds to the test's), and waits until
+// it takes logins. The process is killed at the end of the test if it is
+// still running.
+func startServe(t *testing.T, env ...string) *served {
+	t.Helper()
 	pg, db := pgtest.NewDB(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "pgtoken")
@@ -217,26 +227,53 @@ func TestServeSIGINTStopsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Env = append(os.Environ(), "PGTOKEN_CONFIG="+empty, "PGTOKEN_JWT_SECRET="+pgtest.Secret, "PGTOKEN_JWT_ALLOWED_ROLES=web_user", "PGTOKEN_SHUTDOWN_TIMEOUT=30s")
-	var logs syncBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Env = append(cmd.Env, env...)
+	sv := &served{cmd: cmd, port: port, db: db, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = sv.logs, sv.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var c *pgconn.PgConn
+	go func() { sv.exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		var err error
-		c, err = pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=x dbname=%s password=%s sslmode=disable", port, db, pgtest.UserToken(t, "a")))
+		c, err := sv.connect(db, pgtest.UserToken(t, "probe"))
 		if err == nil {
-			break
+			_ = c.Close(context.Background())
+			return sv
 		}
 		if time.Now().After(deadline) {
-			_ = cmd.Process.Kill()
-			t.Fatalf("pgtoken did not come up: %v\n%s", err, logs.String())
+			t.Fatalf("pgtoken did not come up: %v\n%s", err, sv.logs.String())
 		}
+	}
+}
+
+func (sv *served) connect(db, token string) (*pgconn.PgConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=x dbname=%s password=%s sslmode=disable", sv.port, db, token))
+}
+
+// waitExit waits up to d for the process to exit and returns its error.
+func (sv *served) waitExit(t *testing.T, d time.Duration, what string) error {
+	t.Helper()
+	select {
+	case err := <-sv.exited:
+		return err
+	case <-time.After(d):
+		t.Fatalf("%s did not stop pgtoken\n%s", what, sv.logs.String())
+	}
+	return nil
+}
+
+// TestServeSIGINTStopsAtOnce: SIGINT does not wait for a running query.
+func TestServeSIGINTStopsAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	sv := startServe(t)
+	c, err := sv.connect(sv.db, pgtest.UserToken(t, "a"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	defer c.Close(context.Background())
 	slept := make(chan error, 1)
@@ -245,14 +282,30 @@ func TestServeSIGINTStopsAtOnce(t *testing.T) {
 		slept <- err
 	}()
 	time.Sleep(300 * time.Millisecond)
-	_ = cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Second):
-		_ = cmd.Process.Kill()
-		t.Fatalf("SIGINT did not stop pgtoken\n%s", logs.String())
-	}
+	_ = sv.cmd.Process.Signal(syscall.SIGINT)
+	sv.waitExit(t, 5*time.Second, "SIGINT")
 	if err := <-slept; err == nil || !strings.Contains(err.Error(), "57P01") {
 		t.Fatalf("query at SIGINT: %v", err)
+	}
+}
+
+// TestServeExitsAtConsoleShutdown: the admin console's SHUTDOWN (here as
+// PgBouncer's tools would send it, on database pgbouncer) makes serve
+// exit with status 0.
+func TestServeExitsAtConsoleShutdown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	sv := startServe(t, "PGTOKEN_JWT_ALLOWED_ROLES=web_user,web_admin", "PGTOKEN_ADMIN_ROLES=web_admin")
+	con, err := sv.connect("pgbouncer", pgtest.Token(t, map[string]any{"role": "web_admin", "sub": "ops"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer con.Close(context.Background())
+	if _, err := con.Exec(context.Background(), "SHUTDOWN").ReadAll(); err != nil {
+		t.Fatalf("SHUTDOWN: %v", err)
+	}
+	if err := sv.waitExit(t, 10*time.Second, "SHUTDOWN"); err != nil {
+		t.Fatalf("pgtoken exited with %v after SHUTDOWN\n%s", err, sv.logs.String())
 	}
 }

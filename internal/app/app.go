@@ -67,6 +67,7 @@ type App struct {
 	closeErr error
 	checked  chan struct{}  // closed when the start's upstream check is done
 	checks   sync.WaitGroup // lock-down checks of the upstreams in the background
+	stopped  chan struct{}  // closed when pgtoken has stopped (Shutdown, Close, the console's SHUTDOWN)
 }
 
 // AuthnConfig maps the configuration onto the verifier's.
@@ -111,7 +112,7 @@ func StartWith(ctx context.Context, cfg config.Config, log *zap.Logger, opts Opt
 		opts.Version = "dev"
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	a := &App{Log: log, opts: opts, ctx: ctx, cancel: cancel, done: make(chan error, 1), checked: make(chan struct{})}
+	a := &App{Log: log, opts: opts, ctx: ctx, cancel: cancel, done: make(chan error, 1), checked: make(chan struct{}), stopped: make(chan struct{})}
 	a.Metrics = metrics.New(opts.Version)
 	a.cfg.Store(&cfg)
 	var cleanup []func()
@@ -473,7 +474,19 @@ func (a *App) finish() error {
 		a.reloadMu.Unlock()
 		a.checks.Wait()
 		<-a.checked
+		close(a.stopped)
 	})
+	return a.closeErr
+}
+
+// Stopped is closed once pgtoken has stopped, whoever stopped it (the
+// console's SHUTDOWN among them); Err then tells how.
+func (a *App) Stopped() <-chan struct{} { return a.stopped }
+
+// Err is what stopping pgtoken returned (the accept loop's error), once
+// Stopped is closed.
+func (a *App) Err() error {
+	<-a.stopped
 	return a.closeErr
 }
 
@@ -504,6 +517,38 @@ type backend struct{ a *App }
 func (b backend) Version() string { return b.a.opts.Version }
 
 func (b backend) Reload() error { return b.a.ReloadFromSource() }
+
+// Shutdown stops pgtoken for the console's SHUTDOWN, in the background:
+// the console's own connection is among those it closes. The serve
+// command exits when Stopped is closed.
+func (b backend) Shutdown(mode session.ShutdownMode) {
+	a := b.a
+	go func() {
+		switch mode {
+		case session.ShutdownNow:
+			a.Log.Info("SHUTDOWN: closing every client")
+			_ = a.Close()
+		case session.ShutdownWaitForServers:
+			timeout := a.ShutdownTimeout()
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			_ = a.Shutdown(ctx) // logs, as SIGTERM's does
+		case session.ShutdownWaitForClients:
+			a.Log.Info("SHUTDOWN WAIT_FOR_CLIENTS: no new clients; stopping once every client has left")
+			a.Server.StopAccepting()
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for a.Server.Stats().Connections > 0 {
+				select {
+				case <-tick.C:
+				case <-a.stopped: // stopped another way meanwhile
+					return
+				}
+			}
+			_ = a.Close()
+		}
+	}()
+}
 
 func (b backend) ConfigRows() []session.ConfigRow {
 	settings := config.Settings(b.a.Config())

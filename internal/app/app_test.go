@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -907,10 +908,15 @@ func TestPoolWaitMetricAgreesWithShowStats(t *testing.T) {
 	}
 	console := connect(t, env.App, "pgtoken", pgtest.Token(t, map[string]any{"role": "web_admin", "sub": "ops"}))
 	var statsMicros int64
-	for _, row := range exec(t, console, "show stats") {
-		n, err := strconv.ParseInt(row[4], 10, 64) // total_wait_time
+	res, err := console.Exec(ctx(t), "show stats").ReadAll()
+	if err != nil || len(res) != 1 {
+		t.Fatalf("show stats: %v", err)
+	}
+	col := slices.IndexFunc(res[0].FieldDescriptions, func(f pgconn.FieldDescription) bool { return f.Name == "total_wait_time" })
+	for _, row := range res[0].Rows {
+		n, err := strconv.ParseInt(string(row[col]), 10, 64)
 		if err != nil {
-			t.Fatalf("show stats row %q: %v", row, err)
+			t.Fatalf("show stats total_wait_time %q: %v", row[col], err)
 		}
 		statsMicros += n
 	}

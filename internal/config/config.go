@@ -35,7 +35,7 @@ type Config struct {
 	LogFormat       string              `yaml:"log_format" doc:"console or json"`
 	MetricsListen   string              `yaml:"metrics_listen" doc:"host:port for /metrics, /healthz, /readyz and /debug/sessions; empty disables"`
 	ShutdownTimeout Duration            `yaml:"shutdown_timeout" doc:"on SIGTERM, how long transactions in flight may take before their clients are closed" reload:"yes"`
-	AdminRoles      StringList          `yaml:"admin_roles" doc:"token roles that may use the admin console (database pgtoken); each must be in jwt.allowed_roles; empty disables the console" reload:"yes"`
+	AdminRoles      StringList          `yaml:"admin_roles" doc:"token roles that may use the admin console (database pgtoken, or pgbouncer as PgBouncer's tools expect); each must be in jwt.allowed_roles; empty disables the console" reload:"yes"`
 	Pool            Pool                `yaml:"pool"`
 	Databases       map[string]Database `yaml:"databases" doc:"client database name → its own upstream and pool size; only these names and the upstream's own database are served, any other is refused (3D000)"`
 	ServeUpstream   bool                `yaml:"serve_upstream_database" doc:"serve the database of upstream under its own name, besides the keys of databases; false serves only those"`

@@ -189,7 +189,7 @@ func (p *Pool) fill() {
 		return
 	}
 	c.lastUsed.Store(p.now().UnixNano())
-	closeIt := p.put(c, false)
+	closeIt := p.put(c, p.outdated(c)) // logged in across a Reconnect: closed
 	p.mu.Unlock()
 	if closeIt {
 		c.Close()

@@ -365,3 +365,82 @@ func TestCheckRunsOnlyAfterCheckDelayAndKeepsALiveConn(t *testing.T) {
 	}
 	tp.Release(c)
 }
+
+func TestReconnectClosesIdleNowAndBusyWhenGivenBack(t *testing.T) {
+	tp := newTestPool(t, Config{Size: 2}, nil)
+	busy, idle := tp.acquire(), tp.acquire()
+	tp.Release(idle)
+	tp.Reconnect()
+	if !idle.Dead() {
+		t.Fatal("RECONNECT kept an idle conn")
+	}
+	if busy.Dead() {
+		t.Fatal("RECONNECT closed a conn in use")
+	}
+	if st := tp.Stats(); st.CloseNeeded != 1 || st.Active != 1 {
+		t.Fatalf("after RECONNECT: %+v, want the busy conn marked close_needed", st)
+	}
+	for _, ci := range tp.Conns() {
+		if !ci.CloseNeeded || ci.State != "active" {
+			t.Errorf("conn %d: %+v", ci.PID, ci)
+		}
+	}
+	if query(t, busy, "select 1") != 'I' {
+		t.Fatal("the conn in use stopped working")
+	}
+	// A new conn logs in at once, under the new generation.
+	fresh := tp.acquire()
+	tp.Release(busy)
+	if !busy.Dead() {
+		t.Fatal("a conn from before RECONNECT went back to the pool")
+	}
+	tp.Release(fresh)
+	if fresh.Dead() {
+		t.Fatal("a conn made after RECONNECT was closed")
+	}
+	if st := tp.Stats(); st.CloseNeeded != 0 || st.Idle != 1 || st.Total != 1 {
+		t.Fatalf("after the old conns are gone: %+v", st)
+	}
+}
+
+func TestStatsCountUsedTestedAndAssignments(t *testing.T) {
+	clk := newFakeClock()
+	l := quiet
+	l.CheckDelay = 30 * time.Second
+	tp := newTestPool(t, Config{Size: 2, Lifecycle: l}, clk.Now)
+	a, b := tp.acquire(), tp.acquire()
+	tp.Release(a)
+	clk.Advance(31 * time.Second)
+	tp.Release(b)
+	st := tp.Stats()
+	if st.Idle != 2 || st.Used != 1 || st.Assignments != 2 {
+		t.Fatalf("two idle conns, one idle past server_check_delay: %+v", st)
+	}
+	states := map[uint32]string{}
+	for _, ci := range tp.Conns() {
+		states[ci.PID] = ci.State
+	}
+	if states[a.PID] != "used" || states[b.PID] != "idle" {
+		t.Fatalf("conn states %v; want %d used, %d idle", states, a.PID, b.PID)
+	}
+	// A conn under its liveness check is tested: freeze the one taken
+	// next (b, the last released) so the check waits.
+	tp.sockets.of(t, b).frozen.Store(true)
+	clk.Advance(31 * time.Second) // b is now stale too
+	ch := tp.acquireAsync(context.Background())
+	tp.waitStats("a conn under its check", func(st Stats) bool { return st.Tested == 1 })
+	for _, ci := range tp.Conns() {
+		if ci.PID == b.PID && ci.State != "tested" {
+			t.Errorf("conn under check: state %q", ci.State)
+		}
+	}
+	b.Close() // the check fails; a is checked next and passes
+	got := receive(t, ch)
+	if got.err != nil || got.c != a {
+		t.Fatalf("after the failed check: %v, %v", got.c, got.err)
+	}
+	if st := tp.Stats(); st.Tested != 0 || st.Assignments != 3 {
+		t.Fatalf("after the checks: %+v", st)
+	}
+	tp.Release(got.c)
+}

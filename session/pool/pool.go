@@ -24,6 +24,7 @@ package pool
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -117,7 +118,13 @@ type Pool struct {
 	params   map[string]string // ParameterStatus values of the latest login
 
 	// Counters for SHOW STATS and metrics.
-	xacts, xactNanos, queries, waitNanos atomic.Int64
+	xacts, xactNanos, queries, waitNanos, assignments atomic.Int64
+	// checking counts conns under a liveness check now (SHOW POOLS'
+	// sv_tested).
+	checking atomic.Int32
+	// generation is bumped by Reconnect: a conn that logged in under an
+	// older one is closed instead of reused (the console's RECONNECT).
+	generation atomic.Int64
 
 	closed chan struct{}
 	once   sync.Once
@@ -144,6 +151,10 @@ type poolState struct {
 	inUse   bool  // handed out by Acquire, not yet given back
 	retired bool  // no longer counted: closed or about to be
 	since   int64 // when it was handed out (unix nanoseconds)
+	// generation is the pool's Reconnect generation when the conn began
+	// logging in; set before the conn is shared.
+	generation int64
+	checking   atomic.Bool // under a liveness check now
 }
 
 // New prepares a pool. It logs in lazily, but for MinSize conns opened in
@@ -228,12 +239,18 @@ type Stats struct {
 	Waiting    int // clients waiting for a conn
 	MaxWait    time.Duration
 	Paused     bool
+	// Used counts the idle conns idle at least CheckDelay (checked before
+	// their next use); Tested the active ones under that check now.
+	Used, Tested int
+	// CloseNeeded counts conns to be closed when given back (Reconnect).
+	CloseNeeded int
 
 	// Totals since the pool was made.
 	Transactions    int64
 	Queries         int64
 	TransactionTime time.Duration // summed over transactions
 	WaitTime        time.Duration // summed over Acquire calls
+	Assignments     int64         // conns handed out to clients
 }
 
 // Stats reports the pool's state and counters.
@@ -246,7 +263,21 @@ func (p *Pool) Stats() Stats {
 	if len(p.waiters) > 0 {
 		st.MaxWait = time.Since(p.waiters[0].since)
 	}
+	now := p.now()
+	for _, c := range p.idle {
+		if p.staleAt(c, now) {
+			st.Used++
+		}
+	}
+	gen := p.generation.Load()
+	for c := range p.conns {
+		if c.generation < gen {
+			st.CloseNeeded++
+		}
+	}
 	p.mu.Unlock()
+	st.Tested = int(p.checking.Load())
+	st.Assignments = p.assignments.Load()
 	st.Transactions = p.xacts.Load()
 	st.Queries = p.queries.Load()
 	st.TransactionTime = time.Duration(p.xactNanos.Load())
@@ -270,19 +301,44 @@ type ConnInfo struct {
 	PID            uint32
 	Born, LastUsed time.Time
 	InUse          bool
-	Local, Remote  net.Addr
+	// State is PgBouncer's name for it: active (handed out), tested (under
+	// a liveness check), idle, or used (idle at least CheckDelay: checked
+	// before its next use).
+	State string
+	// CloseNeeded: it is closed when given back (Reconnect) or its
+	// lifetime is up.
+	CloseNeeded   bool
+	Local, Remote net.Addr
+	TLS           *tls.ConnectionState // nil without TLS
 	// Handler is the session the conn is attached to, if any.
 	Handler Handler
 }
 
 // Conns lists the live server connections.
 func (p *Pool) Conns() []ConnInfo {
+	now := p.now()
 	p.mu.Lock()
+	gen, life := p.generation.Load(), p.life.ServerLifetime
 	out := make([]ConnInfo, 0, len(p.conns))
 	for c := range p.conns {
-		ci := ConnInfo{PID: c.PID, Born: c.born, InUse: c.inUse, Local: c.nc.LocalAddr(), Remote: c.nc.RemoteAddr()}
+		ci := ConnInfo{PID: c.PID, Born: c.born, InUse: c.inUse, Local: c.nc.LocalAddr(), Remote: c.nc.RemoteAddr(),
+			CloseNeeded: c.generation < gen || now.Sub(c.born) >= life}
 		if lu := c.lastUsed.Load(); lu != 0 {
 			ci.LastUsed = time.Unix(0, lu)
+		}
+		switch {
+		case c.inUse && c.checking.Load():
+			ci.State = "tested"
+		case c.inUse:
+			ci.State = "active"
+		case p.staleAt(c, now):
+			ci.State = "used"
+		default:
+			ci.State = "idle"
+		}
+		if tc, ok := c.nc.(*tls.Conn); ok {
+			st := tc.ConnectionState()
+			ci.TLS = &st
 		}
 		if hb := c.handler.Load(); hb != nil {
 			ci.Handler = hb.h
@@ -291,6 +347,19 @@ func (p *Pool) Conns() []ConnInfo {
 	}
 	p.mu.Unlock()
 	return out
+}
+
+// Upstream is the server the pool logs in to: its first host and port,
+// and the database name there.
+func (p *Pool) Upstream() (host string, port uint16, database string) {
+	return p.pgcfg.Host, p.pgcfg.Port, p.pgcfg.Database
+}
+
+// Lifecycle returns the lifecycle settings in force.
+func (p *Pool) Lifecycle() Lifecycle {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.life
 }
 
 // HeldFor is how long the conn has been out of the pool (for its holder).
@@ -332,7 +401,12 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 		}
 		if p.stale(c) {
 			waited = true
-			if err := p.check(ctx, c); err != nil {
+			c.checking.Store(true)
+			p.checking.Add(1)
+			err := p.check(ctx, c)
+			p.checking.Add(-1)
+			c.checking.Store(false)
+			if err != nil {
 				p.Discard(c)
 				if ce := p.log.Check(zap.DebugLevel, "server connection failed its liveness check; replacing it"); ce != nil {
 					ce.Write(zap.Uint32("pid", c.PID), zap.Error(err))
@@ -344,6 +418,7 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 			}
 		}
 		c.since = time.Now().UnixNano()
+		p.assignments.Add(1)
 		if !waited {
 			p.waited(0)
 			return c, 0, nil
@@ -354,12 +429,15 @@ func (p *Pool) AcquireWait(ctx context.Context) (*Conn, time.Duration, error) {
 
 // stale reports whether c has been idle at least CheckDelay since it was
 // last given back (a conn that never was, just logged in, is not).
-func (p *Pool) stale(c *Conn) bool {
+func (p *Pool) stale(c *Conn) bool { return p.staleAt(c, p.now()) }
+
+// staleAt is stale at the time now.
+func (p *Pool) staleAt(c *Conn, now time.Time) bool {
 	lu := c.lastUsed.Load()
 	if lu == 0 {
 		return false
 	}
-	return p.now().Sub(time.Unix(0, lu)) >= time.Duration(p.checkDelay.Load())
+	return now.Sub(time.Unix(0, lu)) >= time.Duration(p.checkDelay.Load())
 }
 
 // take returns a conn handed out to the caller: an idle one, a new login
@@ -606,14 +684,14 @@ func (p *Pool) opened(c *Conn, err error) error {
 
 // Release gives back a conn. Only a conn that is idle and clean may be
 // released; anything else must be Discarded. A conn connected longer than
-// ServerLifetime is closed instead.
+// ServerLifetime, or logged in before a Reconnect, is closed instead.
 func (p *Pool) Release(c *Conn) {
 	c.Detach()
 	now := p.now()
 	c.lastUsed.Store(now.UnixNano())
 	p.mu.Lock()
 	p.giveBack(c)
-	expired := now.Sub(c.born) >= p.life.ServerLifetime
+	expired := now.Sub(c.born) >= p.life.ServerLifetime || p.outdated(c)
 	closeIt := p.put(c, expired)
 	p.mu.Unlock()
 	if closeIt {
@@ -724,6 +802,29 @@ func (p *Pool) Pause(ctx context.Context) error {
 	}
 }
 
+// Reconnect closes every server connection once it is not in use: the
+// idle ones now, those in use when they are given back (or, for one under
+// its liveness check, when it passed). New ones log in as needed (PgBouncer's
+// RECONNECT, e.g. after the upstream's address moved).
+func (p *Pool) Reconnect() {
+	p.generation.Add(1)
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	for _, c := range idle {
+		p.retire(c)
+	}
+	p.grant() // waiters may log in new conns in the freed slots
+	p.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
+	}
+	p.kick() // MinSize
+}
+
+// outdated reports whether c logged in before the latest Reconnect.
+func (p *Pool) outdated(c *Conn) bool { return c.generation < p.generation.Load() }
+
 // Hold stops handing out conns, as Pause does, without waiting.
 func (p *Pool) Hold() {
 	p.mu.Lock()
@@ -774,6 +875,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 		defer cancel()
 	}
+	generation := p.generation.Load()
 	pc, err := pgconn.ConnectConfig(ctx, p.pgcfg)
 	if err != nil {
 		return nil, err
@@ -814,6 +916,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		Stmts:    NewStmtCache(p.cfg.StatementCache),
 		born:     p.now(),
 	}
+	c.generation = generation
 	return c, nil
 }
 
