@@ -79,9 +79,9 @@ func typeLetter(oid uint32) byte {
 	return '?'
 }
 
-// query runs one console command and returns its result, with its
+// consoleQuery runs one console command and returns its result, with its
 // columns even when it has no rows.
-func query(t *testing.T, c *pgconn.PgConn, cmd string) *pgconn.Result {
+func consoleQuery(t *testing.T, c *pgconn.PgConn, cmd string) *pgconn.Result {
 	t.Helper()
 	mrr := c.Exec(ctx(t), cmd)
 	var res []*pgconn.Result
@@ -106,7 +106,7 @@ func TestConsoleShowsPgBouncersColumns(t *testing.T) {
 	c := env.Connect(pgtest.UserToken(t, "alice"))
 	rows(t, c, "begin; select 1") // a pool, a client holding a server connection
 	for _, want := range pgbouncerColumns {
-		res := query(t, con, "SHOW "+want.show)
+		res := consoleQuery(t, con, "SHOW "+want.show)
 		var names []string
 		types := ""
 		for _, f := range res.FieldDescriptions {
@@ -130,7 +130,7 @@ func TestConsoleShowsPgBouncersColumns(t *testing.T) {
 // marker for NULL.
 func rowsOf(t *testing.T, c *pgconn.PgConn, cmd string) []map[string]string {
 	t.Helper()
-	res := query(t, c, cmd)
+	res := consoleQuery(t, c, cmd)
 	var out []map[string]string
 	for _, row := range res.Rows {
 		m := map[string]string{}
