@@ -206,7 +206,7 @@ func (c *console) run() {
 			if err != nil {
 				if errors.Is(err, wire.ErrMessageTooLarge) {
 					_ = c.r.Skip()
-					out = appendError(out, wire.Errorf(wire.CodeProgramLimitExceeded, "admin command too long"))
+					out = wire.AppendError(out, wire.Errorf(wire.CodeProgramLimitExceeded, "admin command too long"))
 					out = appendReady(out)
 					break
 				}
@@ -223,7 +223,7 @@ func (c *console) run() {
 				return
 			}
 			if !skipping && typ != 'H' {
-				out = appendError(out, wire.Errorf(wire.CodeFeatureNotSupported,
+				out = wire.AppendError(out, wire.Errorf(wire.CodeFeatureNotSupported,
 					"the pgtoken admin console answers only simple queries").
 					WithHint("Use psql, or send the command as a simple Query."))
 				skipping = true
@@ -238,7 +238,7 @@ func (c *console) run() {
 			if err := c.r.Skip(); err != nil {
 				return
 			}
-			out = appendError(out, wire.Errorf(wire.CodeFeatureNotSupported, "the pgtoken admin console calls no functions"))
+			out = wire.AppendError(out, wire.Errorf(wire.CodeFeatureNotSupported, "the pgtoken admin console calls no functions"))
 			out = appendReady(out)
 		default:
 			c.fatal(wire.Fatalf(wire.CodeProtocolViolation, "invalid frontend message type %q", typ))
@@ -274,7 +274,7 @@ func (c *console) fatal(e *wire.Error) {
 	}
 	c.closed = true
 	_ = c.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	_, _ = c.nc.Write(appendError(nil, e))
+	_, _ = c.nc.Write(wire.AppendError(nil, e))
 	_ = c.nc.Close()
 	if c.cancelFn != nil {
 		c.cancelFn()
@@ -322,7 +322,7 @@ func (c *console) exec(sql string) []byte {
 		}
 		b, err := c.command(cmd)
 		if err != nil {
-			out = appendError(out, err)
+			out = wire.AppendError(out, err)
 			break
 		}
 		out = append(out, b...)
@@ -557,14 +557,6 @@ func textValue(v any) []byte {
 		return []byte(x.UTC().Format("2006-01-02 15:04:05 MST"))
 	}
 	return []byte(fmt.Sprint(v))
-}
-
-func appendError(dst []byte, err error) []byte {
-	out, encErr := wire.ToResponse(err).Encode(dst)
-	if encErr != nil {
-		return dst
-	}
-	return out
 }
 
 func appendReady(dst []byte) []byte {

@@ -341,7 +341,7 @@ func (s *Session) waitFor(c *pool.Conn, ready func() bool) {
 		if s.t.SyncOwed() {
 			s.t.Push(tracker.Unit{Kind: tracker.Sync})
 			s.mu.Unlock()
-			_, _ = c.W.Write(wire.MsgSync)
+			c.W.Sync()
 			s.flushServer(c)
 			s.mu.Lock()
 			continue
@@ -722,10 +722,7 @@ func (s *Session) localError(err error, simple bool) error {
 	if we := (*wire.Error)(nil); !errors.As(err, &we) {
 		s.log.Error("internal error", zap.Error(err))
 	}
-	b, encErr := wire.ToResponse(err).Encode(nil)
-	if encErr != nil {
-		return encErr
-	}
+	b := wire.AppendError(nil, err)
 	s.mu.Lock()
 	if !simple {
 		s.t.DropBatch()

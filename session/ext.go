@@ -107,42 +107,20 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 		return errTokenExpired()
 	}
 	s.extendedPrelude(c, step)
+	s.sendExtended(typ, c, frame, &m)
+	return nil
+}
+
+// sendExtended writes an extended-protocol message (its prelude already
+// written) and queues its answer (under mu).
+func (s *Session) sendExtended(typ byte, c *pool.Conn, frame []byte, m *extMsg) {
 	switch typ {
 	case 'P':
 		s.clientParse(c, string(m.name), m.stmt)
 	case 'B':
-		if werr := s.ensureStmt(c, m.stmt); werr != nil {
-			s.t.Push(tracker.Unit{Kind: tracker.Parse, Rewrite: werr})
-			c.W.Parse("", refusedText, nil)
-			return nil
-		}
-		if m.stmt.server == "" {
-			c.W.AppendBytes(frame)
-		} else {
-			rewriteBind(c, body, m.portal, m.stmt.server)
-		}
-		s.setPortal(m.portal, m.stmt)
-		if len(m.portal) == 0 {
-			s.unnamedPortalLive = true
-		}
-		s.t.Push(tracker.Unit{Kind: tracker.Bind, Purpose: pUse, Ref: useOf(c, m.stmt)})
+		s.sendBind(c, frame, m)
 	case 'D':
-		if !m.describePortal {
-			if werr := s.ensureStmt(c, m.stmt); werr != nil {
-				s.t.Push(tracker.Unit{Kind: tracker.Parse, Rewrite: werr})
-				c.W.Parse("", refusedText, nil)
-				return nil
-			}
-			if m.stmt.server == "" {
-				c.W.AppendBytes(frame)
-			} else {
-				rewriteDescribeStmt(c, m.stmt.server)
-			}
-			s.t.Push(tracker.Unit{Kind: tracker.DescribeStmt, Purpose: pUse, Ref: useOf(c, m.stmt)})
-		} else {
-			c.W.AppendBytes(frame)
-			s.t.Push(tracker.Unit{Kind: tracker.DescribePortal})
-		}
+		s.sendDescribe(c, frame, m)
 	case 'E':
 		c.W.AppendBytes(frame)
 		s.t.Push(tracker.Unit{Kind: tracker.Execute, Purpose: pUse, Ref: useOf(c, m.stmt)})
@@ -157,133 +135,202 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 		s.t.Push(tracker.Unit{Kind: tracker.Sync})
 		s.capturePipelined(c)
 	}
-	return nil
+}
+
+func (s *Session) sendBind(c *pool.Conn, frame []byte, m *extMsg) {
+	if !s.stmtReady(c, m.stmt) {
+		return
+	}
+	if m.stmt.server == "" {
+		c.W.AppendBytes(frame)
+	} else {
+		rewriteBind(c, frame[5:], m.portal, m.stmt.server)
+	}
+	s.setPortal(m.portal, m.stmt)
+	if len(m.portal) == 0 {
+		s.unnamedPortalLive = true
+	}
+	s.t.Push(tracker.Unit{Kind: tracker.Bind, Purpose: pUse, Ref: useOf(c, m.stmt)})
+}
+
+func (s *Session) sendDescribe(c *pool.Conn, frame []byte, m *extMsg) {
+	switch {
+	case m.describePortal:
+		c.W.AppendBytes(frame)
+		s.t.Push(tracker.Unit{Kind: tracker.DescribePortal})
+	case !s.stmtReady(c, m.stmt):
+	case m.stmt.server == "":
+		c.W.AppendBytes(frame)
+		s.t.Push(tracker.Unit{Kind: tracker.DescribeStmt, Purpose: pUse, Ref: useOf(c, m.stmt)})
+	default:
+		rewriteDescribeStmt(c, m.stmt.server)
+		s.t.Push(tracker.Unit{Kind: tracker.DescribeStmt, Purpose: pUse, Ref: useOf(c, m.stmt)})
+	}
+}
+
+// stmtReady makes sure the statement a Bind or Describe uses exists on c
+// (ensureStmt); one that cannot be used there fails the batch, as any
+// error would.
+func (s *Session) stmtReady(c *pool.Conn, st *clientStmt) bool {
+	werr := s.ensureStmt(c, st)
+	if werr == nil {
+		return true
+	}
+	s.t.Push(tracker.Unit{Kind: tracker.Parse, Rewrite: werr})
+	c.W.Parse("", refusedText, nil)
+	return false
 }
 
 // readExtended decodes and checks one extended-protocol message.
 func (s *Session) readExtended(typ byte, body []byte, m *extMsg, waited bool) error {
 	switch typ {
 	case 'P':
-		name, query, ok := wire.ParseHead(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Parse message")
-		}
-		sql := text(query)
-		s.scan = sqlscan.Split(sql, s.scan[:0])
-		if v := s.srv.cfg.Policy.Check(sql, s.scan); v != nil {
-			s.srv.obs.GuardRejected()
-			m.refuse = guardError(v.Reason)
-			return nil
-		}
-		if e := s.notInTransactionMode(s.scan); e != nil {
-			m.refuse = e
-			return nil
-		}
-		for i := range s.scan {
-			switch s.scan[i].Kind {
-			case sqlscan.KindPrepare, sqlscan.KindExecute, sqlscan.KindDeallocate, sqlscan.KindDiscard, sqlscan.KindResetAll:
-				m.refuse = wire.Errorf(wire.CodeFeatureNotSupported,
-					"pgtoken handles PREPARE, EXECUTE, DEALLOCATE, DISCARD and RESET ALL only as simple queries")
-				return nil
-			}
-		}
-		n := text(name)
-		if isReserved(n) {
-			m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "statement names beginning with pgtoken_ are reserved")
-			return nil
-		}
-		if n != "" {
-			s.mu.Lock()
-			old := s.stmts[n]
-			s.mu.Unlock()
-			switch {
-			case old != nil && old.unconfirmed && !waited:
-				m.wait = true
-				return nil
-			case old != nil:
-				m.refuse = wire.Errorf(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", n)
-				return nil
-			}
-		}
-		types := body[len(name)+1+len(query)+1:]
-		st := &clientStmt{text: strings.Clone(sql), types: append([]byte(nil), types...)}
-		if len(s.scan) == 1 {
-			st.kind, st.flags = s.scan[0].Kind, s.scan[0].Flags
-		}
-		for i := range s.scan {
-			if s.scan[i].Kind == sqlscan.KindSet || s.scan[i].Kind == sqlscan.KindReset || s.scan[i].Flags&sqlscan.FlagSessionSetConfig != 0 {
-				st.setsSession = true
-				st.custom = append(st.custom, s.scan[i].Name)
-				st.custom = append(st.custom, sqlscan.SetConfigNames(sql, &s.scan[i])...)
-			}
-		}
-		switch {
-		case n != "" && s.transparent():
-			st.server = strings.Clone(n) // n is a view of the client's read buffer
-		case n != "":
-			st.server = serverStmtName(s.ident.Role, st.types, st.text, "parse")
-		}
-		m.name, m.stmt = name, st
+		return s.readParse(body, m, waited)
 	case 'B':
-		portal, stmt, ok := wire.BindHead(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Bind message")
-		}
-		m.portal, m.name = portal, stmt
-		if isReserved(text(portal)) {
-			m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "portal names beginning with pgtoken_ are reserved")
-			return nil
-		}
-		if m.stmt = s.lookupStmt(stmt); m.stmt == nil {
-			m.stmt, m.refuse = s.unknownStmt(stmt)
-		}
+		return s.readBind(body, m)
 	case 'D':
-		k, name, ok := wire.TargetName(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Describe message")
-		}
-		if k == 'S' {
-			m.name = name
-			if m.stmt = s.lookupStmt(name); m.stmt == nil {
-				m.stmt, m.refuse = s.unknownStmt(name)
-			}
-			return nil
-		}
-		m.portal, m.describePortal = name, true
-		if m.stmt = s.portal(name); m.stmt == nil {
-			m.refuse = noSuchPortal(name)
-		}
+		return s.readDescribe(body, m)
 	case 'E':
-		s.pool.NoteQuery() // metrics and SHOW STATS: one atomic add
-		portal, ok := wire.ExecutePortal(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Execute message")
-		}
-		m.portal = portal
-		if m.stmt = s.portal(portal); m.stmt == nil {
-			m.refuse = noSuchPortal(portal)
-		}
+		return s.readExecute(body, m)
 	case 'C':
-		k, name, ok := wire.TargetName(body)
-		if !ok {
-			return wire.Fatalf(wire.CodeProtocolViolation, "malformed Close message")
-		}
-		if k == 'S' {
-			m.purpose, m.ref = pCloseStmt, string(name)
-			if isReserved(text(name)) || !s.transparent() {
-				// The statement lives in pgtoken: closing it is the
-				// client's business only. Postgres answers CloseComplete
-				// even for a name that does not exist.
-				m.local = wire.MsgCloseComplete
-			}
+		return s.readClose(body, m)
+	}
+	return nil // Flush, Sync
+}
+
+// readParse decodes a Parse: the guard, the pooling mode and the names
+// decide whether it may go; the statement is kept for the client.
+func (s *Session) readParse(body []byte, m *extMsg, waited bool) error {
+	name, query, ok := wire.ParseHead(body)
+	if !ok {
+		return wire.Fatalf(wire.CodeProtocolViolation, "malformed Parse message")
+	}
+	sql := text(query)
+	s.scan = sqlscan.Split(sql, s.scan[:0])
+	if v := s.srv.cfg.Policy.Check(sql, s.scan); v != nil {
+		s.srv.obs.GuardRejected()
+		m.refuse = guardError(v.Reason)
+		return nil
+	}
+	if e := s.notInTransactionMode(s.scan); e != nil {
+		m.refuse = e
+		return nil
+	}
+	for i := range s.scan {
+		switch s.scan[i].Kind {
+		case sqlscan.KindPrepare, sqlscan.KindExecute, sqlscan.KindDeallocate, sqlscan.KindDiscard, sqlscan.KindResetAll:
+			m.refuse = wire.Errorf(wire.CodeFeatureNotSupported,
+				"pgtoken handles PREPARE, EXECUTE, DEALLOCATE, DISCARD and RESET ALL only as simple queries")
 			return nil
 		}
-		if s.portal(name) == nil {
-			// Not a portal of the client's (pgtoken's own included):
-			// closing a portal that does not exist is not an error.
+	}
+	n := text(name)
+	if isReserved(n) {
+		m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "statement names beginning with pgtoken_ are reserved")
+		return nil
+	}
+	if n != "" {
+		s.mu.Lock()
+		old := s.stmts[n]
+		s.mu.Unlock()
+		switch {
+		case old != nil && old.unconfirmed && !waited:
+			m.wait = true
+			return nil
+		case old != nil:
+			m.refuse = wire.Errorf(wire.CodeDuplicatePreparedStmt, "prepared statement %q already exists", n)
+			return nil
+		}
+	}
+	types := body[len(name)+1+len(query)+1:]
+	st := &clientStmt{text: strings.Clone(sql), types: append([]byte(nil), types...)}
+	if len(s.scan) == 1 {
+		st.kind, st.flags = s.scan[0].Kind, s.scan[0].Flags
+	}
+	for i := range s.scan {
+		if s.scan[i].Kind == sqlscan.KindSet || s.scan[i].Kind == sqlscan.KindReset || s.scan[i].Flags&sqlscan.FlagSessionSetConfig != 0 {
+			st.setsSession = true
+			st.custom = append(st.custom, s.scan[i].Name)
+			st.custom = append(st.custom, sqlscan.SetConfigNames(sql, &s.scan[i])...)
+		}
+	}
+	switch {
+	case n != "" && s.transparent():
+		st.server = strings.Clone(n) // n is a view of the client's read buffer
+	case n != "":
+		st.server = serverStmtName(s.ident.Role, st.types, st.text, "parse")
+	}
+	m.name, m.stmt = name, st
+	return nil
+}
+
+func (s *Session) readBind(body []byte, m *extMsg) error {
+	portal, stmt, ok := wire.BindHead(body)
+	if !ok {
+		return wire.Fatalf(wire.CodeProtocolViolation, "malformed Bind message")
+	}
+	m.portal, m.name = portal, stmt
+	if isReserved(text(portal)) {
+		m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "portal names beginning with pgtoken_ are reserved")
+		return nil
+	}
+	if m.stmt = s.lookupStmt(stmt); m.stmt == nil {
+		m.stmt, m.refuse = s.unknownStmt(stmt)
+	}
+	return nil
+}
+
+func (s *Session) readDescribe(body []byte, m *extMsg) error {
+	k, name, ok := wire.TargetName(body)
+	if !ok {
+		return wire.Fatalf(wire.CodeProtocolViolation, "malformed Describe message")
+	}
+	if k == 'S' {
+		m.name = name
+		if m.stmt = s.lookupStmt(name); m.stmt == nil {
+			m.stmt, m.refuse = s.unknownStmt(name)
+		}
+		return nil
+	}
+	m.portal, m.describePortal = name, true
+	if m.stmt = s.portal(name); m.stmt == nil {
+		m.refuse = noSuchPortal(name)
+	}
+	return nil
+}
+
+func (s *Session) readExecute(body []byte, m *extMsg) error {
+	s.pool.NoteQuery() // metrics and SHOW STATS: one atomic add
+	portal, ok := wire.ExecutePortal(body)
+	if !ok {
+		return wire.Fatalf(wire.CodeProtocolViolation, "malformed Execute message")
+	}
+	m.portal = portal
+	if m.stmt = s.portal(portal); m.stmt == nil {
+		m.refuse = noSuchPortal(portal)
+	}
+	return nil
+}
+
+func (s *Session) readClose(body []byte, m *extMsg) error {
+	k, name, ok := wire.TargetName(body)
+	if !ok {
+		return wire.Fatalf(wire.CodeProtocolViolation, "malformed Close message")
+	}
+	if k == 'S' {
+		m.purpose, m.ref = pCloseStmt, string(name)
+		if isReserved(text(name)) || !s.transparent() {
+			// The statement lives in pgtoken: closing it is the
+			// client's business only. Postgres answers CloseComplete
+			// even for a name that does not exist.
 			m.local = wire.MsgCloseComplete
 		}
-	case 'H', 'S':
+		return nil
+	}
+	if s.portal(name) == nil {
+		// Not a portal of the client's (pgtoken's own included):
+		// closing a portal that does not exist is not an error.
+		m.local = wire.MsgCloseComplete
 	}
 	return nil
 }

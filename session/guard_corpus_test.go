@@ -10,6 +10,7 @@ package session_test
 
 import (
 	"fmt"
+	"github.com/pgtoken/pgtoken/internal/guardcorpus"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -77,7 +78,7 @@ func ownStatement(stmts []sqlscan.Statement) bool {
 }
 
 func TestGuardCorpusThroughPgtoken(t *testing.T) {
-	entries, err := sqlscan.LoadCorpus(filepath.Join(pgtest.Root(), "testdata", "guard", "corpus.txt"))
+	entries, err := guardcorpus.Load(filepath.Join(pgtest.Root(), "testdata", "guard", "corpus.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func TestGuardCorpusThroughPgtoken(t *testing.T) {
 	}
 }
 
-func runCorpus(t *testing.T, env *pgtest.Env, mode string, entries []sqlscan.CorpusEntry) {
+func runCorpus(t *testing.T, env *pgtest.Env, mode string, entries []guardcorpus.Entry) {
 	tok := pgtest.Token(t, map[string]any{"role": "web_user", "sub": "42"})
 	nextTok := pgtest.Token(t, map[string]any{"role": "web_user", "sub": "next"})
 	baseline := func(token string) string {

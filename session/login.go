@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -152,10 +153,7 @@ var errQuietClose = errors.New("closed without answer")
 
 // writeFatal sends a FATAL ErrorResponse, best effort.
 func writeFatal(nc net.Conn, err error) {
-	b, encErr := wire.ToResponse(err).Encode(nil)
-	if encErr != nil {
-		return
-	}
+	b := wire.AppendError(nil, err)
 	_ = nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	_, _ = nc.Write(b)
 }
@@ -510,7 +508,7 @@ func (s *Session) finish(err error) {
 		var we *wire.Error
 		if errors.As(err, &we) {
 			s.mu.Lock()
-			s.out.buf, _ = wire.ToResponse(we).Encode(s.out.buf)
+			s.out.buf = wire.AppendError(s.out.buf, we)
 			s.mu.Unlock()
 			_ = s.flushClient()
 			s.log.Info("session ended", zap.String("sqlstate", we.Code), zap.String("reason", we.Message))
@@ -524,7 +522,7 @@ func (s *Session) finish(err error) {
 
 func isClosedConn(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		strings.Contains(err.Error(), "connection reset by peer")
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // applyStartup makes the client's startup settings its session settings

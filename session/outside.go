@@ -45,7 +45,7 @@ func (s *Session) outsideTransaction(c *pool.Conn, frame []byte, step tracker.St
 		if st.err == nil {
 			// It broke after the identity was set: nothing of the
 			// client's was queued, so nobody told it.
-			s.answer(mustEncode(errLost()), true, 0, nil)
+			s.answer(wire.AppendError(nil, errLost()), true, 0, nil)
 		}
 		return nil
 	}
@@ -64,12 +64,6 @@ func (s *Session) outsideTransaction(c *pool.Conn, frame []byte, step tracker.St
 	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pOutsideReset, Ref: c})
 	c.W.Query(s.pre.sessionReset())
 	return nil
-}
-
-// mustEncode encodes an error for the client.
-func mustEncode(err error) []byte {
-	b, _ := wire.ToResponse(err).Encode(nil)
-	return b
 }
 
 // checkState follows a query pgtoken runs for a session at login.

@@ -473,7 +473,7 @@ func (s *Server) terminateWith(c *client, e *wire.Error) {
 	// A client that does not read must not hold this up.
 	_ = sess.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	sess.mu.Lock()
-	sess.out.buf, _ = wire.ToResponse(e).Encode(sess.out.buf)
+	sess.out.buf = wire.AppendError(sess.out.buf, e)
 	sess.mu.Unlock()
 	_ = sess.flushClient()
 	_ = sess.nc.Close()

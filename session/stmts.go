@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgtoken/pgtoken/session/pool"
 	"github.com/pgtoken/pgtoken/session/sqlscan"
 	"github.com/pgtoken/pgtoken/session/tracker"
@@ -322,17 +324,11 @@ func (s *Session) serverDefault(name string) string {
 }
 
 func appendParameterStatus(dst []byte, name, value string) []byte {
-	at := len(dst)
-	dst = append(dst, 'S', 0, 0, 0, 0)
-	dst = append(append(dst, name...), 0)
-	dst = append(append(dst, value...), 0)
-	putLen(dst[at:])
-	return dst
-}
-
-func putLen(msg []byte) {
-	n := uint32(len(msg) - 1)
-	msg[1], msg[2], msg[3], msg[4] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+	b, err := (&pgproto3.ParameterStatus{Name: name, Value: value}).Encode(dst)
+	if err != nil {
+		return dst // a value too long for the protocol: not reported
+	}
+	return b
 }
 
 func cloneMap(m map[string]string) map[string]string {

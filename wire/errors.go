@@ -66,16 +66,29 @@ func Fatalf(code, format string, args ...any) *Error {
 	return &Error{Severity: SeverityFatal, Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// WithHint returns e with a hint set.
-func (e *Error) WithHint(h string) *Error { e.Hint = h; return e }
-
-// WithCause returns e with a cause kept for logs.
-func (e *Error) WithCause(err error) *Error { e.Err = err; return e }
+// WithHint returns a copy of e with a hint set; e itself is left alone, so
+// a shared error is never changed.
+func (e *Error) WithHint(h string) *Error {
+	c := *e
+	c.Hint = h
+	return &c
+}
 
 // IsFatal reports whether err, once sent, ends the client's session.
 func IsFatal(err error) bool {
 	var pe *Error
 	return errors.As(err, &pe) && pe.Severity == SeverityFatal
+}
+
+// AppendError appends the ErrorResponse a client sees for err to dst: the
+// one way pgtoken writes an error of its own to a client.
+func AppendError(dst []byte, err error) []byte {
+	b, encErr := ToResponse(err).Encode(dst)
+	if encErr != nil {
+		// A field too long for the protocol: say no more than that.
+		b, _ = ToResponse(Errorf(CodeInternal, "pgtoken: internal error (details are in the pgtoken log)")).Encode(dst)
+	}
+	return b
 }
 
 // ToResponse turns any error into the ErrorResponse a client sees. It is the

@@ -65,16 +65,10 @@ func QueryText(body []byte) ([]byte, bool) {
 // Fixed server messages pgtoken sends itself.
 var (
 	MsgParseComplete      = []byte{'1', 0, 0, 0, 4}
-	MsgBindComplete       = []byte{'2', 0, 0, 0, 4}
 	MsgCloseComplete      = []byte{'3', 0, 0, 0, 4}
-	MsgNoData             = []byte{'n', 0, 0, 0, 4}
 	MsgEmptyQueryResponse = []byte{'I', 0, 0, 0, 4}
 	MsgAuthenticationOK   = []byte{'R', 0, 0, 0, 8, 0, 0, 0, 0}
 	MsgAuthCleartext      = []byte{'R', 0, 0, 0, 8, 0, 0, 0, 3}
-	MsgSync               = []byte{'S', 0, 0, 0, 4}
-	MsgExecuteUnnamedAll  = []byte{'E', 0, 0, 0, 9, 0, 0, 0, 0, 0}
-	MsgTerminate          = []byte{'X', 0, 0, 0, 4}
-	sslNo                 = []byte{'N'}
 )
 
 // ReadyForQuery returns the 6-byte ReadyForQuery message for status.
@@ -89,6 +83,3 @@ func AppendCommandComplete(dst []byte, tag string) []byte {
 	dst = append(dst, tag...)
 	return append(dst, 0)
 }
-
-// SSLNo is the one-byte refusal of an SSLRequest or GSSENCRequest.
-func SSLNo() []byte { return sslNo }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgtoken/pgtoken/internal/guardcorpus"
 )
 
 var testPolicy = Policy{ClaimsPrefix: "jwt.claims", ClaimsJSON: "request.jwt.claims"}
@@ -348,7 +350,7 @@ func TestGuardPolicy(t *testing.T) {
 
 func TestCorpus(t *testing.T) {
 	path := filepath.Join("..", "..", "testdata", "guard", "corpus.txt")
-	entries, err := LoadCorpus(path)
+	entries, err := guardcorpus.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,11 +381,11 @@ func TestLoadCorpusFormat(t *testing.T) {
 	if err := writeFile(path, src); err != nil {
 		t.Fatal(err)
 	}
-	got, err := LoadCorpus(path)
+	got, err := guardcorpus.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []CorpusEntry{{SQL: "SET ROLE x \n -- two spaces\n\n\ty\\n", Deny: true, Line: 3}, {SQL: "select 1", Line: 7}}
+	want := []guardcorpus.Entry{{SQL: "SET ROLE x \n -- two spaces\n\n\ty\\n", Deny: true, Line: 3}, {SQL: "select 1", Line: 7}}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("LoadCorpus = %+v, want %+v", got, want)
 	}
@@ -391,8 +393,8 @@ func TestLoadCorpusFormat(t *testing.T) {
 		if err := writeFile(path, bad); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := LoadCorpus(path); err == nil || !strings.Contains(err.Error(), "c.txt:1") {
-			t.Errorf("LoadCorpus(%q): err = %v", bad, err)
+		if _, err := guardcorpus.Load(path); err == nil || !strings.Contains(err.Error(), "c.txt:1") {
+			t.Errorf("guardcorpus.Load(%q): err = %v", bad, err)
 		}
 	}
 }

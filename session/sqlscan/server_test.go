@@ -3,6 +3,7 @@ package sqlscan
 import (
 	"context"
 	"fmt"
+	"github.com/pgtoken/pgtoken/internal/guardcorpus"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -379,7 +380,7 @@ const identityQuery = `select current_user, session_user, current_setting('jwt.c
 // testCorpusOnServer runs each corpus entry as a token would: deny entries
 // must run and change the identity, allow entries must run and not.
 func testCorpusOnServer(t *testing.T, srv *testServer) {
-	entries, err := LoadCorpus(filepath.Join("..", "..", "testdata", "guard", "corpus.txt"))
+	entries, err := guardcorpus.Load(filepath.Join("..", "..", "testdata", "guard", "corpus.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}

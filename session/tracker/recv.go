@@ -256,7 +256,7 @@ func (t *Tracker) serverError(out []byte, u *Unit, body []byte) ([]byte, error) 
 	var err error
 	switch {
 	case u.Rewrite != nil:
-		out, err = appendMsg(out, wire.ToResponse(u.Rewrite))
+		out = wire.AppendError(out, u.Rewrite)
 	case u.Own == OwnMaint:
 		// pgtoken's own upkeep: the session hears of it in the Done.
 	case u.Kind == Query && u.NoPosition:
@@ -425,14 +425,14 @@ func (t *Tracker) Lost(out []byte, err *wire.Error) (_ []byte, txLost, batchLost
 		case u.Own == OwnMaint:
 		case u.syncPoint():
 			if !sent {
-				out, _ = appendMsg(out, wire.ToResponse(err))
+				out = wire.AppendError(out, err)
 			}
 			r := wire.ReadyForQuery('I')
 			out = append(out, r[:]...)
 			sent = false
 		default:
 			if !sent {
-				out, _ = appendMsg(out, wire.ToResponse(err))
+				out = wire.AppendError(out, err)
 				sent = true
 			}
 		}
@@ -440,7 +440,7 @@ func (t *Tracker) Lost(out []byte, err *wire.Error) (_ []byte, txLost, batchLost
 	}
 	t.syncs, t.clients, t.barriers = 0, 0, 0
 	if t.inBatch && !sent {
-		out, _ = appendMsg(out, wire.ToResponse(err))
+		out = wire.AppendError(out, err)
 	}
 	batchLost = t.inBatch
 	txLost = t.status != 'I' && !sent && !t.inBatch

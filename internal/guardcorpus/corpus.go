@@ -1,4 +1,6 @@
-package sqlscan
+// Package guardcorpus reads the guard corpus (testdata/guard/corpus.txt),
+// for the tests that check the guard against it.
+package guardcorpus
 
 import (
 	"bufio"
@@ -7,14 +9,14 @@ import (
 	"strings"
 )
 
-// CorpusEntry is one entry of a guard corpus file (testdata/guard/corpus.txt).
-type CorpusEntry struct {
+// Entry is one entry of a guard corpus file (testdata/guard/corpus.txt).
+type Entry struct {
 	SQL  string // the Query text
 	Deny bool   // the guard must refuse it (else it must pass)
 	Line int    // the line the entry starts on
 }
 
-// LoadCorpus reads a guard corpus file. Its format:
+// Load reads a guard corpus file. Its format:
 //
 //   - Blank lines and lines starting with "#" are ignored.
 //   - "deny: SQL" or "allow: SQL" starts an entry; SQL is the rest of the line.
@@ -25,13 +27,13 @@ type CorpusEntry struct {
 //     carriage return, tab, form feed, vertical tab and space (for spaces
 //     at the end of a line); everything else, backslashes included, is
 //     literal.
-func LoadCorpus(path string) ([]CorpusEntry, error) {
+func Load(path string) ([]Entry, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out []CorpusEntry
+	var out []Entry
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
 	var sql []string // the current entry's raw lines
@@ -63,7 +65,7 @@ func LoadCorpus(path string) ([]CorpusEntry, error) {
 			if strings.TrimSpace(rest) == "" {
 				return nil, fmt.Errorf("%s:%d: empty SQL", path, line)
 			}
-			out = append(out, CorpusEntry{Deny: deny, Line: line})
+			out = append(out, Entry{Deny: deny, Line: line})
 			sql = []string{rest}
 		default:
 			return nil, fmt.Errorf("%s:%d: want \"deny:\", \"allow:\", \"|\" or \"#\"", path, line)
