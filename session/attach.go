@@ -107,6 +107,9 @@ func (s *Session) afterSticky(c *pool.Conn, w stickyWork) {
 	if !w.reset && len(w.replay) == 0 {
 		return
 	}
+	if w.reset {
+		s.srv.obs.ServerReset()
+	}
 	s.t.Sticky()
 	c.Params = maps.Clone(s.params)
 	if c.Params == nil {

@@ -849,6 +849,9 @@ type Observer interface {
 	// InternalError: something that must never happen did (a bug); kind
 	// is one of InternalErrorKinds. It is logged at ERROR too.
 	InternalError(kind string)
+	// ServerReset: a server connection that served another client was
+	// reset before this client's transaction (the hand-over reset).
+	ServerReset()
 }
 
 // Kinds of internal errors, as reported to Observer.InternalError.
@@ -872,6 +875,7 @@ func (NopObserver) GuardRejected()                {}
 func (NopObserver) PoolWait(time.Duration)        {}
 func (NopObserver) TransactionDone(time.Duration) {}
 func (NopObserver) InternalError(string)          {}
+func (NopObserver) ServerReset()                  {}
 
 // Reasons a login is refused, as reported to Observer.AuthFailed.
 const (

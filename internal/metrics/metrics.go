@@ -39,6 +39,7 @@ type Metrics struct {
 	jwksOK       prometheus.Counter
 	jwksErr      prometheus.Counter
 	bugs         map[string]prometheus.Counter // by kind, made up front
+	resets       prometheus.Counter
 }
 
 var _ session.Observer = (*Metrics)(nil)
@@ -67,6 +68,10 @@ func New(version string) *Metrics {
 		}),
 		authFailures: map[string]prometheus.Counter{},
 		bugs:         map[string]prometheus.Counter{},
+		resets: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgtoken_server_resets_total",
+			Help: "Server connections reset before another client's transaction (RESET ALL, role, advisory locks, cursors, LISTEN, temporary objects, sequences): the hand-over reset; divided by pgtoken_transactions_total, the share of transactions that paid for one.",
+		}),
 	}
 	bugs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgtoken_internal_errors_total",
@@ -89,13 +94,16 @@ func New(version string) *Metrics {
 		Name: "pgtoken_build_info", Help: "Always 1; the version is a label.",
 	}, []string{"version"})
 	build.WithLabelValues(version).Set(1)
-	reg.MustRegister(m.logins, m.guard, m.poolWait, m.txDuration, af, jwks, build, bugs,
+	reg.MustRegister(m.logins, m.guard, m.poolWait, m.txDuration, af, jwks, build, bugs, m.resets,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // Registry is the registry /metrics serves.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// ServerReset implements session.Observer.
+func (m *Metrics) ServerReset() { m.resets.Inc() }
 
 // InternalError implements session.Observer.
 func (m *Metrics) InternalError(kind string) {
