@@ -32,6 +32,7 @@ const (
 	pEnd                                      // the rollback or DISCARD ALL after the client left (*pool.Conn)
 	pCheck                                    // login: startup settings checked by the server (*checkState)
 	pDiscardAll                               // the client's DISCARD ALL on its own connection (*pool.Conn)
+	pOwnBind                                  // Bind of one of pgtoken's statements (*pool.Conn)
 )
 
 type ownParseRef struct {
@@ -381,6 +382,7 @@ func sortedKeys[V any](m map[string]V) []string {
 // server as an empty Query whose answers it stands in for: Postgres ends
 // the batch's transaction at a Query, and flushes what it owes.
 func (s *Session) answer(b []byte, rfq bool, purpose tracker.Purpose, ref any) {
+	s.waitSyncing()
 	if c := s.conn; rfq && c != nil && s.t.InBatch() {
 		s.t.Query(nil, nil)
 		s.writing = true

@@ -81,6 +81,9 @@ LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_catalog.pg_advisory_lock(k); END $$;
 
 CREATE FUNCTION api.listen_to(ch text) RETURNS void
 LANGUAGE plpgsql AS $$ BEGIN EXECUTE format('LISTEN %I', ch); END $$;
+
+CREATE FUNCTION api.forget_statements() RETURNS void
+LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$;
 `
 
 // attackLockedSQL finishes the lock-down of docs/SECURITY.md (schema.sql
@@ -88,9 +91,9 @@ LANGUAGE plpgsql AS $$ BEGIN EXECUTE format('LISTEN %I', ch); END $$;
 // authenticator NOINHERIT): EXECUTE only for the token roles.
 const attackLockedSQL = `
 ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
-REVOKE ALL ON FUNCTION api.remember(text, text), api.take_lock(bigint), api.listen_to(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION api.remember(text, text), api.take_lock(bigint), api.listen_to(text), api.forget_statements() FROM PUBLIC;
 REVOKE ALL ON PROCEDURE api.commit_between(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION api.remember(text, text), api.take_lock(bigint), api.listen_to(text) TO web_anon, web_user, web_admin;
+GRANT EXECUTE ON FUNCTION api.remember(text, text), api.take_lock(bigint), api.listen_to(text), api.forget_statements() TO web_anon, web_user, web_admin;
 GRANT EXECUTE ON PROCEDURE api.commit_between(text) TO web_anon, web_user, web_admin;
 `
 

@@ -286,6 +286,55 @@ var txEnders = []string{
 	"end and chain", "abort and chain", "/* c */ commit", "commit -- c\n", "commit;", "\n\tcommit\n",
 }
 
+// TestAttack1OwnStatementsDropped: pgtoken's own statements vanish under
+// it — the client's DEALLOCATE ALL (run on the server in session mode,
+// mid-batch too), or a function that runs DEALLOCATE ALL — and the next
+// prelude's Bind fails, in front of a client's Query that no Sync follows
+// as well. Nothing may run without the prelude, the client must get every
+// answer it is owed, the transactions after must work, and the next client
+// on the backend must be clean.
+func TestAttack1OwnStatementsDropped(t *testing.T) {
+	eachAttackEnv(t, func(t *testing.T, a *atk) {
+		r := a.raw(t, a.token("web_user", "mallory"))
+		attackerPID := a.checkIdents(t, "first batch", r.exchange(msgs(pbe(probeSQL), syncMsg)).rows, "web_user", "mallory")
+		for _, drop := range []string{"deallocate all", "select api.forget_statements()"} {
+			t.Run(drop, func(t *testing.T) {
+				works := func(what string) {
+					t.Helper()
+					rp := r.exchange(msgs(pbe(probeSQL), syncMsg))
+					if len(identsOf(rp.rows)) != 1 {
+						t.Errorf("%s: the next transaction did not run: %q", what, rp.codes())
+					}
+					a.checkIdents(t, what, rp.rows, "web_user", "mallory")
+				}
+				variants := [][]pgproto3.FrontendMessage{
+					msgs(query(drop), pbe(probeSQL), syncMsg),
+					msgs(pbe("select 1"), query(drop), pbe(probeSQL), pbe(rlsSQL), syncMsg),
+					// The prelude in front of "select 1" fails (after a
+					// function dropped them) and the server skips the
+					// Query: only a Sync of pgtoken's answers it.
+					msgs(query(drop), pbe("select 1"), query(probeSQL)),
+					msgs(query(drop), pbe("select 1"), loCreat()),
+				}
+				if drop == "deallocate all" {
+					variants = append(variants, msgs(pbe("select 1"), query(drop+"; "+probeSQL), pbe(probeSQL), syncMsg))
+				}
+				for i, ms := range variants {
+					rp := r.exchange(ms)
+					t.Logf("variant %d: errors %q, %d probes ran", i, rp.codes(), len(identsOf(rp.rows)))
+					a.checkIdents(t, fmt.Sprintf("variant %d", i), rp.rows, "web_user", "mallory")
+					if rp.ended != nil {
+						t.Fatalf("variant %d: the connection ended: %v", i, rp.ended)
+					}
+					works(fmt.Sprintf("after variant %d", i))
+					works(fmt.Sprintf("after variant %d, again", i))
+				}
+			})
+		}
+		a.thenVictim(t, r.close, attackerPID, cleanOpts{})
+	})
+}
+
 // TestAttack2QueryOrFunctionCallMidBatch: Parse/Bind/Execute, then a
 // simple Query (every kind) or a FunctionCall before Sync, then more
 // Executes: every statement after the Query must still run as the token,

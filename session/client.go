@@ -218,6 +218,7 @@ func text(b []byte) string {
 // goroutine owns conn.W until endBatch (writing is set); mu is not held.
 func (s *Session) claim() (*pool.Conn, error) {
 	s.mu.Lock()
+	s.waitSyncing()
 	if c := s.conn; c != nil {
 		s.writing = true
 		s.mu.Unlock()
@@ -309,10 +310,15 @@ func (s *Session) attach(c *pool.Conn) bool {
 func (s *Session) endBatch() error {
 	if c := s.wconn; c != nil {
 		s.wconn = nil
-		if err := c.Flush(); err != nil {
-			s.log.Debug("write to server failed", zap.Error(err))
-		}
+		s.flushServer(c)
 		s.mu.Lock()
+		for s.queueOwedSync(c) {
+			// An answer that arrived meanwhile says pgtoken owes a Sync
+			// (the reader goroutine left it to the writer).
+			s.mu.Unlock()
+			s.flushServer(c)
+			s.mu.Lock()
+		}
 		s.writing = false
 		if s.conn == c {
 			s.maybeRelease()
@@ -338,14 +344,34 @@ func (s *Session) waitFor(c *pool.Conn, ready func() bool) {
 	_ = s.flushClient()
 	s.mu.Lock()
 	for s.conn == c && !ready() {
-		if s.t.SyncOwed() {
-			s.t.Push(tracker.Unit{Kind: tracker.Sync})
+		if s.queueOwedSync(c) {
 			s.mu.Unlock()
-			c.W.Sync()
 			s.flushServer(c)
 			s.mu.Lock()
 			continue
 		}
+		s.cond.Wait()
+	}
+}
+
+// queueOwedSync queues on c the Sync pgtoken owes the server, if it owes
+// one (tracker.SyncOwed): a message of pgtoken's failed in front of a
+// client's Query or FunctionCall, which the server then skips, and only a
+// Sync's ReadyForQuery answers the client. The caller may write c (and
+// flushes it); under mu.
+func (s *Session) queueOwedSync(c *pool.Conn) bool {
+	if s.conn != c || !s.t.SyncOwed() {
+		return false
+	}
+	s.t.Push(tracker.Unit{Kind: tracker.Sync})
+	c.W.Sync()
+	return true
+}
+
+// waitSyncing waits while the reader goroutine writes an owed Sync (under
+// mu): the client goroutine writes to the conn only after it.
+func (s *Session) waitSyncing() {
+	for s.syncing {
 		s.cond.Wait()
 	}
 }
@@ -467,6 +493,12 @@ func (s *Session) onQuery(frame []byte) error {
 	c.W.AppendBytes([]byte{0})
 	c.W.End(at)
 	s.t.Push(u)
+	if s.transparent() && deallocatesAll(stmts) {
+		// Session mode: the client's DEALLOCATE ALL drops pgtoken's own
+		// statements on its connection too; they are parsed again (after
+		// a Close, as the DEALLOCATE may not run) before their next use.
+		clear(c.Prepared)
+	}
 	s.noteSettings(sql, stmts)
 	s.capturePipelined(c)
 	if u.Barrier {
@@ -746,6 +778,7 @@ func (s *Session) localAnswer(b []byte, rfq bool) error {
 // messages, and so does pgtoken.
 func (s *Session) onCopy(n int) error {
 	s.mu.Lock()
+	s.waitSyncing()
 	c := s.conn
 	if c == nil {
 		s.mu.Unlock()

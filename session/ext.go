@@ -453,9 +453,15 @@ func (s *Session) extendedPrelude(c *pool.Conn, step tracker.Step) {
 }
 
 // runOwn writes one of pgtoken's statements, bound with args (encoded
-// Bind parameters) and executed, parsing it first if c lacks it. Under mu.
+// Bind parameters) and executed, parsing it first if c lacks it. The Parse
+// follows a Close of the name: whatever pgtoken believed, a statement of
+// that name may exist (a DEALLOCATE ALL that failed part-way, say), and
+// closing a statement that does not exist is no error. A Bind that finds
+// the statement gone makes every own statement parse again. Under mu.
 func (s *Session) runOwn(c *pool.Conn, st *ownStmt, args []byte) {
 	if !c.Prepared[st.name] {
+		c.W.Target('C', 'S', st.name)
+		s.t.Push(tracker.Unit{Kind: tracker.Close, Own: tracker.OwnPrelude})
 		c.W.Parse(st.name, st.sql, nil)
 		c.Prepared[st.name] = true // later uses in this batch must not Parse again
 		s.t.Push(tracker.Unit{Kind: tracker.Parse, Own: tracker.OwnPrelude, Purpose: pOwnParse, Ref: ownParseRef{c, st.name}})
@@ -469,7 +475,7 @@ func (s *Session) runOwn(c *pool.Conn, st *ownStmt, args []byte) {
 	}
 	c.W.Bind(portal, st.name, args)
 	c.W.Execute(portal)
-	s.t.Push(tracker.Unit{Kind: tracker.Bind, Own: tracker.OwnPrelude})
+	s.t.Push(tracker.Unit{Kind: tracker.Bind, Own: tracker.OwnPrelude, Purpose: pOwnBind, Ref: c})
 	s.t.Push(tracker.Unit{Kind: tracker.Execute, Own: tracker.OwnPrelude})
 	if portal != "" {
 		c.W.Target('C', 'P', portal)

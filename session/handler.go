@@ -111,6 +111,16 @@ func (s *Session) afterServer(typ byte) {
 // flushed.
 func (s *Session) ServerIdle(c *pool.Conn) {
 	s.mu.Lock()
+	if !s.writing && s.queueOwedSync(c) {
+		// The client goroutine is not writing (it may wait for the
+		// answer this Sync brings): the reader sends it.
+		s.writing, s.syncing = true, true
+		s.mu.Unlock()
+		s.flushServer(c)
+		s.mu.Lock()
+		s.writing, s.syncing = false, false
+		s.cond.Broadcast()
+	}
 	if s.conn == c {
 		s.maybeRelease()
 	}
@@ -155,6 +165,12 @@ func (s *Session) done(d tracker.Done) {
 	case pOwnParse:
 		if r := d.Ref.(ownParseRef); d.Err != nil {
 			delete(r.c.Prepared, r.name)
+		}
+	case pOwnBind:
+		if d.Err != nil && d.Err.Code == wire.CodeInvalidSQLStatementName {
+			// Something dropped pgtoken's statements (a function that
+			// runs DEALLOCATE ALL): parse them all again.
+			clear(d.Ref.(*pool.Conn).Prepared)
 		}
 	case pStmtParse:
 		r := d.Ref.(stmtRef)

@@ -462,6 +462,7 @@ func (s *Session) release() {
 		s.flushServer(c)
 	}
 	s.mu.Lock()
+	s.waitSyncing()
 	s.ended = true
 	s.writing = false
 	if s.expiry != nil {
@@ -469,6 +470,7 @@ func (s *Session) release() {
 	}
 	c := s.conn
 	var end []string
+	owed := false
 	switch {
 	case c == nil:
 	case !s.t.Quiet() || s.hold:
@@ -476,6 +478,7 @@ func (s *Session) release() {
 		// than hand anyone a connection in an unknown state.
 		s.kill(c)
 	default:
+		owed = s.t.SyncOwed()
 		if s.t.Status() != 'I' {
 			end = append(end, "ROLLBACK")
 		}
@@ -483,8 +486,9 @@ func (s *Session) release() {
 			end = append(end, "DISCARD ALL")
 		}
 	}
-	if len(end) > 0 {
+	if owed || len(end) > 0 {
 		s.writing = true
+		s.queueOwedSync(c)
 		for _, q := range end {
 			beginQuery(c)
 			s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pEnd, Ref: endRef{c: c, discardAll: q == "DISCARD ALL"}})

@@ -67,6 +67,9 @@ type Session struct {
 	// writing: the client goroutine is composing or writing to conn.W, so
 	// conn may not be let go until it is done (endBatch).
 	writing bool
+	// syncing: the reader goroutine writes a Sync pgtoken owes the server
+	// (ServerIdle); the client goroutine waits before it writes.
+	syncing bool
 	ended   bool // the client is gone
 	wiped   bool // DISCARD ALL ran after the client left: the conn holds nothing
 	hold    bool // the conn carries the client's identity for the session: never release it now

@@ -229,6 +229,16 @@ func (s *Session) ownStatement(sql string, stmts []sqlscan.Statement) (bool, err
 	return false, nil
 }
 
+// deallocatesAll reports whether a Query holds DEALLOCATE ALL.
+func deallocatesAll(stmts []sqlscan.Statement) bool {
+	for i := range stmts {
+		if stmts[i].Kind == sqlscan.KindDeallocate && stmts[i].Name == "" {
+			return true
+		}
+	}
+	return false
+}
+
 // answeredHere reports whether pgtoken answers a statement of this kind
 // itself (as a query of its own): it acts on the client's settings or
 // statements, which live in pgtoken.
