@@ -35,9 +35,6 @@ import (
 	"github.com/pgtoken/pgtoken/session"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -61,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = mint(args[1:], stdout)
 	case "version", "--version", "-v":
 		if err = versionCmd().parse(args[1:], stdout); err == nil {
-			fmt.Fprintln(stdout, "pgtoken", version)
+			fmt.Fprintln(stdout, "pgtoken", buildVersion())
 		}
 	case "help", "-h", "--help":
 		if len(args) > 1 {
@@ -302,7 +299,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	a, err := app.StartWith(context.Background(), cfg, log, app.Options{
-		Version: version,
+		Version: buildVersion(),
 		Level:   &level,
 		// A reload reads the file, the environment and the flags again.
 		Load: func() (config.Config, error) { return o.cf.load(c.FlagSet) },
@@ -585,5 +582,9 @@ func mint(args []string, stdout io.Writer) error {
 }
 
 func versionCmd() *cmd {
-	return newCmd("version", "pgtoken version", "Prints pgtoken's version (the git tag or commit it was built from).\n")
+	return newCmd("version", "pgtoken version", `Prints pgtoken's version: the git tag it was built from (v0.3.0), or
+git describe's tag-commits-commit form after a tag; the module version
+for go install github.com/pgtoken/pgtoken/cmd/pgtoken@v0.3.0; else the
+commit.
+`)
 }
