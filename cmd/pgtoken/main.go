@@ -400,22 +400,29 @@ func check(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "# configuration is valid; effective settings (secrets redacted):\n%s", out)
-	if failed := reportChecks(stdout, results); failed > 0 {
-		return fmt.Errorf("%d upstream check(s) failed; the fixes are above", failed)
+	failed, unchecked := reportChecks(stdout, results)
+	var problems []string
+	if unchecked > 0 {
+		problems = append(problems, fmt.Sprintf("%d upstream database(s) could not be checked; the reason is above", unchecked))
+	}
+	if failed > 0 {
+		problems = append(problems, fmt.Sprintf("%d upstream check(s) failed; the fixes are above", failed))
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
 }
 
 // reportChecks prints what the lock-down checks found, as YAML comments
-// after the configuration, and returns the number of failures: findings
-// that refuse logins, served roles missing upstream, databases that could
-// not be checked.
-func reportChecks(w io.Writer, results []session.UpstreamCheck) int {
-	failed := 0
+// after the configuration, and returns the number of failures (findings
+// that refuse logins, served roles missing upstream) and of databases that
+// could not be checked.
+func reportChecks(w io.Writer, results []session.UpstreamCheck) (failed, unchecked int) {
 	for _, r := range results {
 		if r.Err != nil {
 			fmt.Fprintf(w, "# upstream database %q: cannot check it: %v\n", r.Database, r.Err)
-			failed++
+			unchecked++
 			continue
 		}
 		var lines []string
@@ -445,7 +452,7 @@ func reportChecks(w io.Writer, results []session.UpstreamCheck) int {
 		}
 		failed += n
 	}
-	return failed
+	return failed, unchecked
 }
 
 type keygenOpts struct {
