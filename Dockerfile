@@ -1,5 +1,6 @@
 # pgtoken container image: a static binary on distroless, running as nonroot.
-#   docker build -t pgtoken --build-arg VERSION=$(git describe --always) .
+#   docker build -t pgtoken --build-arg VERSION=$(git describe --tags --always --dirty) .
+# (the version make build stamps; pgtoken version prints it).
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./

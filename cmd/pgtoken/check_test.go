@@ -146,7 +146,12 @@ func TestCheckAgainstTheUpstream(t *testing.T) {
 	// An upstream that does not answer fails check.
 	conf = writeConfig(t, "host=127.0.0.1 port=1 user=a dbname=app connect_timeout=2", fmt.Sprintf("jwt: {secret: %s, allowed_roles: [web_user]}\n", pgtest.Secret))
 	out.Reset()
+	errb.Reset()
 	if code := run([]string{"check", "--config", conf}, &out, &errb); code == 0 || !strings.Contains(out.String(), `upstream database "app": cannot check it`) {
 		t.Fatalf("no upstream: code %d\n%s", code, out.String())
+	}
+	// ... and says why, not that there is a fix.
+	if got := errb.String(); !strings.Contains(got, "1 upstream database(s) could not be checked; the reason is above") || strings.Contains(got, "fixes") {
+		t.Errorf("no upstream: stderr %q", got)
 	}
 }

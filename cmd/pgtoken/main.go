@@ -35,9 +35,6 @@ import (
 	"github.com/pgtoken/pgtoken/session"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -61,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = mint(args[1:], stdout)
 	case "version", "--version", "-v":
 		if err = versionCmd().parse(args[1:], stdout); err == nil {
-			fmt.Fprintln(stdout, "pgtoken", version)
+			fmt.Fprintln(stdout, "pgtoken", buildVersion())
 		}
 	case "help", "-h", "--help":
 		if len(args) > 1 {
@@ -302,7 +299,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	a, err := app.StartWith(context.Background(), cfg, log, app.Options{
-		Version: version,
+		Version: buildVersion(),
 		Level:   &level,
 		// A reload reads the file, the environment and the flags again.
 		Load: func() (config.Config, error) { return o.cf.load(c.FlagSet) },
@@ -408,22 +405,29 @@ func check(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "# configuration is valid; effective settings (secrets redacted):\n%s", out)
-	if failed := reportChecks(stdout, results); failed > 0 {
-		return fmt.Errorf("%d upstream check(s) failed; the fixes are above", failed)
+	failed, unchecked := reportChecks(stdout, results)
+	var problems []string
+	if unchecked > 0 {
+		problems = append(problems, fmt.Sprintf("%d upstream database(s) could not be checked; the reason is above", unchecked))
+	}
+	if failed > 0 {
+		problems = append(problems, fmt.Sprintf("%d upstream check(s) failed; the fixes are above", failed))
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
 }
 
 // reportChecks prints what the lock-down checks found, as YAML comments
-// after the configuration, and returns the number of failures: findings
-// that refuse logins, served roles missing upstream, databases that could
-// not be checked.
-func reportChecks(w io.Writer, results []session.UpstreamCheck) int {
-	failed := 0
+// after the configuration, and returns the number of failures (findings
+// that refuse logins, served roles missing upstream) and of databases that
+// could not be checked.
+func reportChecks(w io.Writer, results []session.UpstreamCheck) (failed, unchecked int) {
 	for _, r := range results {
 		if r.Err != nil {
 			fmt.Fprintf(w, "# upstream database %q: cannot check it: %v\n", r.Database, r.Err)
-			failed++
+			unchecked++
 			continue
 		}
 		var lines []string
@@ -453,7 +457,7 @@ func reportChecks(w io.Writer, results []session.UpstreamCheck) int {
 		}
 		failed += n
 	}
-	return failed
+	return failed, unchecked
 }
 
 type keygenOpts struct {
@@ -590,5 +594,9 @@ func mint(args []string, stdout io.Writer) error {
 }
 
 func versionCmd() *cmd {
-	return newCmd("version", "pgtoken version", "Prints pgtoken's version (the git tag or commit it was built from).\n")
+	return newCmd("version", "pgtoken version", `Prints pgtoken's version: the git tag it was built from (v0.3.0), or
+git describe's tag-commits-commit form after a tag; the module version
+for go install github.com/pgtoken/pgtoken/cmd/pgtoken@v0.3.0; else the
+commit.
+`)
 }

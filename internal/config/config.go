@@ -87,7 +87,7 @@ type JWT struct {
 	Leeway       Duration   `yaml:"leeway" doc:"clock skew allowed for nbf; exp is enforced exactly at login and before each transaction, and a transaction still open this long after exp ends the session (FATAL 28000, rolled back)" reload:"yes"`
 	RequireExp   bool       `yaml:"require_exp" doc:"refuse tokens without exp" reload:"yes"`
 	RoleClaim    string     `yaml:"role_claim" doc:"path of the role claim, PostgREST style" reload:"yes"`
-	AnonRole     string     `yaml:"anon_role" doc:"role for tokens without a role claim; empty refuses them" reload:"yes"`
+	AnonRole     string     `yaml:"anon_role" doc:"role for tokens without a role claim; it must also be in jwt.allowed_roles; empty refuses such tokens" reload:"yes"`
 	AllowedRoles StringList `yaml:"allowed_roles" doc:"roles a token may name" reload:"yes"`
 	CacheSize    int        `yaml:"cache_size" doc:"verified tokens kept (by hash, until exp)" reload:"yes"`
 	// PrivilegedRoles lifts the lock-down checks of a role (session/roles.go).
@@ -394,6 +394,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.JWT.AllowedRoles) == 0 {
 		bad("jwt.allowed_roles", "required: the roles a token may name")
+	}
+	if r := c.JWT.AnonRole; r != "" && len(c.JWT.AllowedRoles) > 0 && !slices.Contains(c.JWT.AllowedRoles, r) {
+		bad("jwt.anon_role", "%q is not in jwt.allowed_roles (list it there too: a token without a role claim gets it)", r)
 	}
 	for _, r := range c.AdminRoles {
 		if !slices.Contains(c.JWT.AllowedRoles, r) {

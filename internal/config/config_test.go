@@ -132,6 +132,7 @@ func TestNewKeysValidate(t *testing.T) {
 		{minimal + "peers: {9: 'h:1'}\n", "", "peers.9"},
 		{minimal + "peers: {1: 'nohostport'}\n", "", "peers.1: want host:port"},
 		{minimal + "admin_roles: [ops]\n", "", `admin_roles: "ops" is not in jwt.allowed_roles`},
+		{"upstream: postgres://a@b/c\njwt: {secret: s, allowed_roles: [web_user], anon_role: web_anon}\n", "", `jwt.anon_role: "web_anon" is not in jwt.allowed_roles`},
 		{minimal + "shutdown_timeout: -1s\n", "", "shutdown_timeout"},
 		{minimal, "PGTOKEN_PEERS=1-h:1", "peers (from PGTOKEN_PEERS)"},
 		{minimal, "PGTOKEN_DATABASES_X_POOL_SIZE=big", "databases.x.pool_size"},
