@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgtoken/pgtoken/session"
 )
 
 // inherentVariant is one way of running the select with (or without) a
@@ -71,14 +73,27 @@ func inherentVariants(scale int, now time.Time) []inherentVariant {
 		fmt.Fprintf(&setConfigParams, "pg_catalog.set_config(:n%d,:v%d,true)", i, i)
 	}
 	pipeline := set + "\\startpipeline\n" + setConfigParams.String() + ";\n" + sel + "\\endpipeline\n"
+	// The hand-over reset goes in front of the prelude when a server
+	// connection passes to another client: in the same Query, or as
+	// statements of their own in the same pipeline.
+	var resetSimple, resetPipeline strings.Builder
+	for _, q := range session.ResetSQL() {
+		resetSimple.WriteString(q + "\\;")
+		resetPipeline.WriteString(q + ";\n")
+	}
+	resetPipe := set + "\\startpipeline\n" + resetPipeline.String() + setConfigParams.String() + ";\n" + sel + "\\endpipeline\n"
+	nReset := strconv.Itoa(len(session.ResetSQL()))
 	return []inherentVariant{
 		{Name: "select", Mode: "simple", Script: set + sel},
 		{Name: fmt.Sprintf("%d × SET LOCAL; select (one Query)", len(settings)), Mode: "simple", Script: set + setLocal.String() + sel, Base: "select"},
 		{Name: "SELECT set_config(…)×" + strconv.Itoa(len(settings)) + "; select (one Query)", Mode: "simple", Script: set + setConfig.String() + "\\;" + sel, Base: "select"},
+		{Name: "hand-over reset (" + nReset + " statements); " + strconv.Itoa(len(settings)) + " × SET LOCAL; select (one Query)", Mode: "simple", Script: set + resetSimple.String() + setLocal.String() + sel, Base: "select"},
 		{Name: "select", Mode: "extended", Script: set + sel},
 		{Name: "set_config($1,$2,true)… select; select (one Sync)", Mode: "extended", Script: pipeline, Base: "select"},
+		{Name: "hand-over reset (" + nReset + " statements); set_config… select; select (one Sync)", Mode: "extended", Script: resetPipe, Base: "select"},
 		{Name: "select", Mode: "prepared", Script: set + sel},
 		{Name: "set_config($1,$2,true)… select; select (one Sync)", Mode: "prepared", Script: pipeline, Base: "select"},
+		{Name: "hand-over reset (" + nReset + " statements); set_config… select; select (one Sync)", Mode: "prepared", Script: resetPipe, Base: "select"},
 	}
 }
 

@@ -90,6 +90,16 @@ var resetStmts = []*ownStmt{
 	{name: "pgtoken_reset_6", sql: "DISCARD SEQUENCES"},
 }
 
+// ResetSQL returns the statements of the hand-over reset, in the order they
+// run (make bench measures what they cost Postgres).
+func ResetSQL() []string {
+	out := make([]string, len(resetStmts))
+	for i, st := range resetStmts {
+		out[i] = st.sql
+	}
+	return out
+}
+
 // resetText is the reset in the simple protocol, and resetCount how many
 // statements it holds.
 var resetText, resetCount = func() (string, int) {
