@@ -404,6 +404,7 @@ func (t *Tracker) relayNotice(out []byte, u *Unit, body []byte) ([]byte, error) 
 // of a batch, whose rest must be dropped until its Sync.
 func (t *Tracker) Lost(out []byte, err *wire.Error) (_ []byte, txLost, batchLost bool) {
 	sent := t.errored || t.skipping
+	told := false // a ReadyForQuery 'I' told the client its transaction is over
 	for t.q.len() > 0 {
 		u := *t.q.peek()
 		t.q.pop()
@@ -420,7 +421,7 @@ func (t *Tracker) Lost(out []byte, err *wire.Error) (_ []byte, txLost, batchLost
 			if u.RFQ {
 				r := wire.ReadyForQuery('I')
 				out = append(out, r[:]...)
-				sent = false
+				sent, told = false, true
 			}
 		case u.Own == OwnMaint:
 		case u.syncPoint():
@@ -429,7 +430,7 @@ func (t *Tracker) Lost(out []byte, err *wire.Error) (_ []byte, txLost, batchLost
 			}
 			r := wire.ReadyForQuery('I')
 			out = append(out, r[:]...)
-			sent = false
+			sent, told = false, true
 		default:
 			if !sent {
 				out = wire.AppendError(out, err)
@@ -443,7 +444,7 @@ func (t *Tracker) Lost(out []byte, err *wire.Error) (_ []byte, txLost, batchLost
 		out = wire.AppendError(out, err)
 	}
 	batchLost = t.inBatch
-	txLost = t.status != 'I' && !sent && !t.inBatch
+	txLost = t.status != 'I' && !sent && !told && !t.inBatch
 	t.Detach(err)
 	t.drop = batchLost
 	return out, txLost, batchLost

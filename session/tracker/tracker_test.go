@@ -283,6 +283,34 @@ func TestLostConnectionAnswersEverything(t *testing.T) {
 	}
 }
 
+// The server ends a connection (FATAL) that sat inside a transaction: if a
+// statement was waiting for its answer, its error and ReadyForQuery 'I'
+// tell the client; otherwise the client's next statement hears it.
+func TestLostTransactionToldOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		inFlight   bool
+		wantOut    string
+		wantTxLost bool
+	}{
+		{"idle in transaction", false, "", true},
+		{"a statement in flight", true, "EZ", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := attached()
+			tr.Push(Unit{Kind: Query})
+			feed(t, tr, &pgproto3.CommandComplete{CommandTag: []byte("BEGIN")}, &pgproto3.ReadyForQuery{TxStatus: 'T'})
+			if tc.inFlight {
+				tr.Push(Unit{Kind: Query})
+			}
+			out, txLost, _ := tr.Lost(nil, wire.Errorf(wire.CodeConnectionFailure, "lost"))
+			if got := decode(out); got != tc.wantOut || txLost != tc.wantTxLost {
+				t.Fatalf("client got %q, txLost %v; want %q, %v", got, txLost, tc.wantOut, tc.wantTxLost)
+			}
+		})
+	}
+}
+
 // A deferred constraint fails at the batch's commit, in answer to Sync: the
 // error belongs to the Sync, whose ReadyForQuery follows.
 func TestErrorAnsweringSync(t *testing.T) {
