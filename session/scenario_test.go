@@ -45,17 +45,12 @@ func TestScenariosMatchPostgres(t *testing.T) {
 			want := sc.Expected()
 			if !sc.Proxy {
 				pg, db := pgtest.NewDB(t)
-				d, err := pgconn.Connect(ctx(t), pg.DSN("authenticator", "secret", db))
-				if err != nil {
-					t.Fatal(err)
+				if want, err = scenario.PlayDirect(pg.DSN("authenticator", "secret", db), sc, 30*time.Second); err != nil {
+					t.Fatalf("directly: %v", err)
 				}
-				defer d.Close(ctx(t))
-				rows(t, d, scenario.Preset)
-				want = play(t, d, sc)
 			}
-			if strings.Join(through, "\n") != strings.Join(want, "\n") {
-				t.Fatalf("through pgtoken:\n  %s\nwant (%s):\n  %s", strings.Join(through, "\n  "),
-					map[bool]string{true: "expect", false: "direct"}[sc.Proxy], strings.Join(want, "\n  "))
+			if d := scenario.Diff(through, want); d != "" {
+				t.Fatalf("through pgtoken (left) and %s (right):\n%s", map[bool]string{true: "expected", false: "directly"}[sc.Proxy], d)
 			}
 		})
 	}

@@ -1,14 +1,11 @@
 package pgmodel_test
 
 import (
-	"context"
 	"flag"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtoken/pgtoken/internal/pgmodel"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
@@ -46,21 +43,11 @@ func scenarioFiles(t *testing.T) []*scenario.Scenario {
 	return out
 }
 
-// playDirect logs in to dsn, sets the test token's identity for the
-// session (scenario.Preset) and plays sc.
+// playDirect plays sc directly on a server with the token's identity set
+// for the session.
 func playDirect(t *testing.T, dsn string, sc *scenario.Scenario) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := pgconn.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(context.Background())
-	if _, err := c.Exec(ctx, scenario.Preset).ReadAll(); err != nil {
-		t.Fatalf("preset: %v", err)
-	}
-	out, err := scenario.Conn{FE: c.Frontend(), NC: c.Conn()}.Play(sc, 10*time.Second)
+	out, err := scenario.PlayDirect(dsn, sc, 30*time.Second)
 	if err != nil {
 		t.Fatalf("%v\n  %s", err, strings.Join(out, "\n  "))
 	}
@@ -86,33 +73,9 @@ func TestModelMatchesPostgres(t *testing.T) {
 			}
 			defer m.Close()
 			got := playDirect(t, m.DSN(), sc)
-			if d := diff(got, want); d != "" {
-				t.Fatalf("the model differs from Postgres:\n%s", d)
+			if d := scenario.Diff(got, want); d != "" {
+				t.Fatalf("the model (left) differs from Postgres (right):\n%s", d)
 			}
 		})
 	}
-}
-
-// diff shows two reply lists side by side from the first difference, or
-// returns "" when they are equal.
-func diff(got, want []string) string {
-	if strings.Join(got, "\n") == strings.Join(want, "\n") {
-		return ""
-	}
-	var b strings.Builder
-	for i := 0; i < len(got) || i < len(want); i++ {
-		g, w := "", ""
-		if i < len(got) {
-			g = got[i]
-		}
-		if i < len(want) {
-			w = want[i]
-		}
-		mark := "  "
-		if g != w {
-			mark = "≠ "
-		}
-		b.WriteString(mark + g + "\n" + "  want: " + w + "\n")
-	}
-	return b.String()
 }

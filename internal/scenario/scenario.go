@@ -7,6 +7,7 @@ package scenario
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -34,11 +36,12 @@ type Scenario struct {
 	Blocks []Block
 }
 
-// Block is one send, until or expect block.
+// Block is one send, until, read, sleep or expect block.
 type Block struct {
-	Kind   string // send, until, expect
+	Kind   string // send, until, read, sleep, expect
 	Msgs   []pgproto3.FrontendMessage
-	N      int // until: how many ReadyForQuery to read
+	N      int           // until: how many ReadyForQuery to read; read: how many replies
+	Sleep  time.Duration // sleep: how long
 	Expect []string
 	Line   int
 }
@@ -92,6 +95,8 @@ func ParseFile(path string) (*Scenario, error) {
 func Parse(name string, r io.Reader) (*Scenario, error) {
 	sc := &Scenario{Name: name}
 	var cur *Block
+	var group []pgproto3.FrontendMessage // inside repeat N ... end
+	repeat := 0
 	ln := 0
 	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 1<<20), 1<<20)
@@ -110,18 +115,45 @@ func Parse(name string, r io.Reader) (*Scenario, error) {
 			if _, err := fmt.Sscanf(line, "until %d", &cur.N); err != nil && line != "until" {
 				return nil, fmt.Errorf("%s:%d: want until N", name, ln)
 			}
+		case cur == nil && strings.HasPrefix(line, "read "):
+			cur = &Block{Kind: "read", Line: ln}
+			if _, err := fmt.Sscanf(line, "read %d", &cur.N); err != nil {
+				return nil, fmt.Errorf("%s:%d: want read N", name, ln)
+			}
+		case cur == nil && strings.HasPrefix(line, "sleep "):
+			d, err := time.ParseDuration(strings.TrimPrefix(line, "sleep "))
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: %w", name, ln, err)
+			}
+			cur = &Block{Kind: "sleep", Sleep: d, Line: ln}
 		case line == "----":
-			if cur == nil {
-				return nil, fmt.Errorf("%s:%d: ---- outside a block", name, ln)
+			if cur == nil || repeat > 0 {
+				return nil, fmt.Errorf("%s:%d: ---- outside a block or inside repeat", name, ln)
 			}
 			sc.Blocks = append(sc.Blocks, *cur)
 			cur = nil
+		case cur != nil && cur.Kind == "send" && strings.HasPrefix(line, "repeat "):
+			if repeat > 0 {
+				return nil, fmt.Errorf("%s:%d: repeat inside repeat", name, ln)
+			}
+			if _, err := fmt.Sscanf(line, "repeat %d", &repeat); err != nil || repeat < 1 {
+				return nil, fmt.Errorf("%s:%d: want repeat N (N > 0)", name, ln)
+			}
+			group = nil
+		case cur != nil && cur.Kind == "send" && line == "end" && repeat > 0:
+			for ; repeat > 0; repeat-- {
+				cur.Msgs = append(cur.Msgs, group...)
+			}
 		case cur != nil && cur.Kind == "send":
 			m, err := FrontendMessage(line)
 			if err != nil {
 				return nil, fmt.Errorf("%s:%d: %w", name, ln, err)
 			}
-			cur.Msgs = append(cur.Msgs, m)
+			if repeat > 0 {
+				group = append(group, m)
+			} else {
+				cur.Msgs = append(cur.Msgs, m)
+			}
 		case cur != nil && cur.Kind == "expect":
 			cur.Expect = append(cur.Expect, line)
 		default:
@@ -261,12 +293,18 @@ func (c Conn) Play(sc *Scenario, timeout time.Duration) ([]string, error) {
 			if err := c.FE.Flush(); err != nil {
 				return out, fmt.Errorf("%s:%d: send: %w", sc.Name, b.Line, err)
 			}
-		case "until":
-			got, err := c.Until(b.N)
+		case "until", "read":
+			n, ready := b.N, true
+			if b.Kind == "read" {
+				ready = false
+			}
+			got, err := c.receive(n, ready)
 			out = append(out, got...)
 			if err != nil {
 				return out, fmt.Errorf("%s:%d: receive (after %q): %w", sc.Name, b.Line, out, err)
 			}
+		case "sleep":
+			time.Sleep(b.Sleep)
 		}
 	}
 	return out, nil
@@ -274,7 +312,11 @@ func (c Conn) Play(sc *Scenario, timeout time.Duration) ([]string, error) {
 
 // Until reads replies until n ReadyForQuery messages arrived and returns
 // them normalized.
-func (c Conn) Until(n int) ([]string, error) {
+func (c Conn) Until(n int) ([]string, error) { return c.receive(n, true) }
+
+// receive reads until n ReadyForQuery messages (ready) or n replies that
+// count (those Normalize keeps) arrived.
+func (c Conn) receive(n int, ready bool) ([]string, error) {
 	var out []string
 	for got := 0; got < n; {
 		m, err := c.FE.Receive()
@@ -283,7 +325,9 @@ func (c Conn) Until(n int) ([]string, error) {
 		}
 		switch m := m.(type) {
 		case *pgproto3.ReadyForQuery:
-			got++
+			if ready {
+				got++
+			}
 		case *pgproto3.NoticeResponse:
 			if c.Notices {
 				out = append(out, fmt.Sprintf("Notice %s %s", m.Code, m.Message))
@@ -291,7 +335,60 @@ func (c Conn) Until(n int) ([]string, error) {
 		}
 		if s := Normalize(m); s != "" {
 			out = append(out, s)
+			if !ready {
+				got++
+			}
 		}
 	}
 	return out, nil
+}
+
+// PlayDirect logs in to a server (Postgres or the model) as dsn says, sets
+// the test token's identity for the session (Preset) and plays sc.
+func PlayDirect(dsn string, sc *Scenario, timeout time.Duration) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := pgconn.Connect(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close(context.Background())
+	if _, err := c.Exec(ctx, Preset).ReadAll(); err != nil {
+		return nil, fmt.Errorf("preset: %w", err)
+	}
+	return Conn{FE: c.Frontend(), NC: c.Conn()}.Play(sc, timeout)
+}
+
+// Diff shows where two reply lists part: the replies from a little before
+// the first difference on, side by side; "" when they are equal.
+func Diff(got, want []string) string {
+	if strings.Join(got, "\n") == strings.Join(want, "\n") {
+		return ""
+	}
+	first := 0
+	for first < len(got) && first < len(want) && got[first] == want[first] {
+		first++
+	}
+	var b strings.Builder
+	from := max(0, first-3)
+	fmt.Fprintf(&b, "(replies %d.. of %d, want %d)\n", from+1, len(got), len(want))
+	for i := from; i < len(got) || i < len(want); i++ {
+		if i > first+25 {
+			b.WriteString("  ...\n")
+			break
+		}
+		g, w := "-", "-"
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		mark := "  "
+		if g != w {
+			mark = "≠ "
+		}
+		fmt.Fprintf(&b, "%s%-60s | %s\n", mark, g, w)
+	}
+	return b.String()
 }

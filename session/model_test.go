@@ -1,0 +1,135 @@
+package session_test
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgtoken/pgtoken/internal/config"
+	"github.com/pgtoken/pgtoken/internal/pgmodel"
+	"github.com/pgtoken/pgtoken/internal/pgtest"
+	"github.com/pgtoken/pgtoken/internal/scenario"
+)
+
+// The fast tests: pgtoken in front of the model of Postgres in
+// internal/pgmodel (checked against a real Postgres by
+// internal/pgmodel's TestModelMatchesPostgres), so every protocol
+// scenario runs through pgtoken in milliseconds, and the model tells, for
+// every statement a client ran, which identity was in force.
+
+// modelEnv starts the model and pgtoken in front of it, with one server
+// connection.
+func modelEnv(t testing.TB, mutate func(*config.Config)) (*pgmodel.Server, *pgtest.Env) {
+	t.Helper()
+	m, err := pgmodel.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	cfg := config.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Upstream = m.DSN()
+	cfg.Pool.Size = 1
+	cfg.Pool.WaitTimeout = config.Duration(5 * time.Second)
+	cfg.JWT.Secret = pgtest.Secret
+	cfg.JWT.AllowedRoles = config.StringList{"web_anon", "web_user", "web_admin"}
+	cfg.Limits.AuthFailuresBeforeBackoff = 0
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return m, pgtest.StartWith(t, nil, "app", cfg)
+}
+
+// modelClient is a token and the identity the model must see for every
+// statement of the client that presents it.
+type modelClient struct {
+	token string
+	id    pgmodel.Identity
+}
+
+// newModelClient mints a token for role with string claims (sub and any
+// others) and an exp an hour away.
+func newModelClient(t testing.TB, role string, claims map[string]string) modelClient {
+	t.Helper()
+	exp := time.Now().Add(time.Hour).Unix()
+	tc := map[string]any{"role": role, "exp": exp}
+	id := pgmodel.Identity{Role: role, Claims: map[string]string{
+		"jwt.claims.role": role,
+		"jwt.claims.exp":  strconv.FormatInt(exp, 10),
+	}}
+	for k, v := range claims {
+		tc[k] = v
+		id.Claims["jwt.claims."+k] = v
+	}
+	return modelClient{token: pgtest.Token(t, tc), id: id}
+}
+
+// checkIdentity fails t if a client statement ran without the client's
+// identity: every record that is neither pgtoken's own nor transaction
+// control must show id.
+func checkIdentity(t testing.TB, recs []pgmodel.Record, owner func(pgmodel.Record) (pgmodel.Identity, bool)) {
+	t.Helper()
+	var bad []string
+	for _, r := range recs {
+		if r.Own || r.Control {
+			continue
+		}
+		id, ok := owner(r)
+		if !ok || !r.Has(id) {
+			bad = append(bad, r.String())
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("client statements ran without the client's identity:\n  %s\nwhat the model ran:\n  %s",
+			strings.Join(bad, "\n  "), strings.Join(recordLines(recs), "\n  "))
+	}
+}
+
+func recordLines(recs []pgmodel.Record) []string {
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		out[i] = r.String()
+	}
+	return out
+}
+
+// TestScenariosAgainstModel plays every scenario through pgtoken against
+// the model and directly against the model (with the identity set for the
+// session), wants the same replies (or a proxy scenario's expected ones),
+// and wants every client statement the model ran to have run with the
+// client's role and claims.
+func TestScenariosAgainstModel(t *testing.T) {
+	all, err := scenario.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range all {
+		t.Run(strings.TrimSuffix(sc.Name, ".txt"), func(t *testing.T) {
+			t.Parallel()
+			m, env := modelEnv(t, nil)
+			alice := newModelClient(t, "web_user", map[string]string{"sub": "alice"})
+			c := env.Connect(alice.token)
+			got, err := scenario.Conn{FE: c.Frontend(), NC: c.Conn()}.Play(sc, 5*time.Second)
+			if err != nil {
+				t.Fatalf("through pgtoken: %v\n  %s\nwhat the model ran:\n  %s", err, strings.Join(got, "\n  "),
+					strings.Join(recordLines(m.Records()), "\n  "))
+			}
+			want := sc.Expected()
+			if !sc.Proxy {
+				direct, err := pgmodel.Start()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer direct.Close()
+				if want, err = scenario.PlayDirect(direct.DSN(), sc, 5*time.Second); err != nil {
+					t.Fatalf("directly: %v", err)
+				}
+			}
+			if d := scenario.Diff(got, want); d != "" {
+				t.Errorf("through pgtoken (left) and %s (right):\n%s", map[bool]string{true: "expected", false: "directly"}[sc.Proxy], d)
+			}
+			checkIdentity(t, m.Records(), func(pgmodel.Record) (pgmodel.Identity, bool) { return alice.id, true })
+		})
+	}
+}
