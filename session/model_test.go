@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pgtoken/pgtoken/internal/config"
 	"github.com/pgtoken/pgtoken/internal/pgmodel"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
@@ -67,15 +69,16 @@ func newModelClient(t testing.TB, role string, claims map[string]string) modelCl
 
 // checkIdentity fails t if a client statement ran without the client's
 // identity: every record that is neither pgtoken's own nor transaction
-// control must show id.
-func checkIdentity(t testing.TB, recs []pgmodel.Record, owner func(pgmodel.Record) (pgmodel.Identity, bool)) {
+// control must show the identity of the client owner says it is from
+// (given its index and the record).
+func checkIdentity(t testing.TB, recs []pgmodel.Record, owner func(int, pgmodel.Record) (pgmodel.Identity, bool)) {
 	t.Helper()
 	var bad []string
-	for _, r := range recs {
+	for i, r := range recs {
 		if r.Own || r.Control {
 			continue
 		}
-		id, ok := owner(r)
+		id, ok := owner(i, r)
 		if !ok || !r.Has(id) {
 			bad = append(bad, r.String())
 		}
@@ -129,7 +132,40 @@ func TestScenariosAgainstModel(t *testing.T) {
 			if d := scenario.Diff(got, want); d != "" {
 				t.Errorf("through pgtoken (left) and %s (right):\n%s", map[bool]string{true: "expected", false: "directly"}[sc.Proxy], d)
 			}
-			checkIdentity(t, m.Records(), func(pgmodel.Record) (pgmodel.Identity, bool) { return alice.id, true })
+			checkIdentity(t, m.Records(), func(int, pgmodel.Record) (pgmodel.Identity, bool) { return alice.id, true })
 		})
 	}
+}
+
+// TestCallOnConnectionOfAnotherClient: a client's first transaction on a
+// server connection that served another client carries the hand-over
+// reset. An extended-protocol CALL there (bound, then executed, with the
+// session prelude in front of the Execute) must still run the portal the
+// client bound. Against the model and against Postgres.
+func TestCallOnConnectionOfAnotherClient(t *testing.T) {
+	call := &scenario.Scenario{Name: "call", Blocks: []scenario.Block{
+		{Kind: "send", Msgs: []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "call commit_inside()"}, &pgproto3.Bind{},
+			&pgproto3.Execute{}, &pgproto3.Sync{}}},
+		{Kind: "until", N: 1},
+	}}
+	want := []string{"ParseComplete", "BindComplete", "DataRow web_user|alice", "CommandComplete CALL", "ReadyForQuery I"}
+	check := func(t *testing.T, env *pgtest.Env) {
+		bob := env.Connect(pgtest.UserToken(t, "bob"))
+		rows(t, bob, "select 1") // the pool's one server connection served bob
+		alice := env.Connect(pgtest.UserToken(t, "alice"))
+		got, err := scenario.Conn{FE: alice.Frontend(), NC: alice.Conn()}.Play(call, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := scenario.Diff(got, want); d != "" {
+			t.Fatalf("alice's CALL (left; want right):\n%s", d)
+		}
+	}
+	t.Run("model", func(t *testing.T) {
+		_, env := modelEnv(t, nil)
+		check(t, env)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }))
+	})
 }

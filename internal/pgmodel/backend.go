@@ -27,6 +27,8 @@ type backend struct {
 	out      []byte
 	werr     error
 	consumed int64 // bytes of input processed
+	sent     int   // messages sent
+	owed     int   // messages sent before the last ReadyForQuery or Flush
 
 	g             *gucs
 	xs            []*xstate
@@ -79,6 +81,7 @@ func (b *backend) send(m pgproto3.BackendMessage) {
 	if err != nil {
 		panic(fmt.Sprintf("pgmodel: encoding %T: %v", m, err))
 	}
+	b.sent++
 	for len(b.out) >= sendBufSize {
 		b.write(b.out[:sendBufSize])
 		b.out = append(b.out[:0], b.out[sendBufSize:]...)
@@ -108,6 +111,7 @@ func (b *backend) notice(e *Error) {
 	b.send(&pgproto3.NoticeResponse{Severity: sev, SeverityUnlocalized: sev, Code: e.Code, Message: e.Message,
 		Detail: e.Detail, Hint: e.Hint, Position: int32(e.Position)})
 	b.flush()
+	b.owed = b.sent
 }
 
 func (b *backend) sendError(e *Error) {
@@ -118,19 +122,20 @@ func (b *backend) sendError(e *Error) {
 	b.send(&pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: e.Code, Message: e.Message,
 		Detail: e.Detail, Hint: e.Hint, Position: int32(e.Position)})
 	b.flush()
+	b.owed = b.sent
 }
 
 func (b *backend) readyForQuery() {
 	b.send(&pgproto3.ReadyForQuery{TxStatus: b.status()})
 	b.flush()
-	b.srv.noteReady(b.pid)
+	b.owed = b.sent
 }
 
 // read reads one message: its type and body. Before it blocks on the
 // network it tells the server it is idle.
 func (b *backend) read() (byte, []byte, error) {
 	if b.r.Buffered() == 0 {
-		b.srv.setIdle(b.pid, b.consumed)
+		b.srv.setIdle(b.pid, b.consumed, BackendState{Owed: b.owed, Status: b.status(), Open: b.xactStarted || b.ignore})
 	}
 	var head [5]byte
 	if _, err := io.ReadFull(b.r, head[:]); err != nil {
@@ -282,6 +287,7 @@ func (b *backend) dispatch(typ byte, body []byte, sendReady *bool) (_ *Error, fa
 		return nil, false
 	case 'H':
 		b.flush()
+		b.owed = b.sent
 		return nil, false
 	case 'S':
 		*sendReady = true
@@ -331,13 +337,15 @@ func (b *backend) query(sql string) (*Error, bool) {
 	}
 	implicit := len(stmts) > 1
 	for i, s := range stmts {
-		if implicit {
-			b.beginImplicit()
-		}
 		if b.abortedState() && !s.exitStmt() {
 			return errAborted(), false
 		}
 		b.startCommand()
+		if implicit {
+			// After the transaction starts: what follows a COMMIT in
+			// the string is in an implicit block again.
+			b.beginImplicit()
+		}
 		delete(b.portals, "")
 		tag, err, fatal := b.runSimple(s)
 		if fatal || err != nil {

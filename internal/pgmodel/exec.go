@@ -752,6 +752,7 @@ func aggregate(sel *selectStmt) bool {
 func (b *backend) copyIn() (string, *Error, bool) {
 	b.send(&pgproto3.CopyInResponse{OverallFormat: 0, ColumnFormatCodes: []uint16{0}})
 	b.flush()
+	b.owed = b.sent
 	var data []byte
 	for {
 		typ, body, err := b.read()

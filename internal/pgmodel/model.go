@@ -159,7 +159,6 @@ type Server struct {
 	// input (see Quiesce).
 	progress *sync.Cond
 	backends map[int32]*progress
-	sent     map[int32]int // ReadyForQuery messages sent, per backend
 }
 
 // Start listens on a loopback port and serves until Close.
@@ -169,7 +168,7 @@ func Start() (*Server, error) {
 		return nil, err
 	}
 	s := &Server{ln: ln, conns: map[net.Conn]bool{}, nextPID: 1000, data: newData(),
-		backends: map[int32]*progress{}, sent: map[int32]int{}}
+		backends: map[int32]*progress{}}
 	s.progress = sync.NewCond(&s.mu)
 	s.wg.Add(1)
 	go s.accept()
@@ -253,18 +252,34 @@ func (s *Server) record(r Record) {
 	s.mu.Unlock()
 }
 
-// progress is how far a backend has read its input.
+// progress is how far a backend has read its input, and what it had
+// answered when it last waited for more.
 type progress struct {
 	waiting  bool  // blocked reading, with nothing unread in its buffer
 	consumed int64 // bytes of input processed
+	state    BackendState
+}
+
+// BackendState is what a backend reports when it waits for input.
+type BackendState struct {
+	// Owed counts the messages the client is owed: every message sent up
+	// to the last ReadyForQuery, Flush, error or notice (what Postgres
+	// flushes because the client asked, or at once), startup messages
+	// included.
+	Owed int
+	// Status is the transaction status ReadyForQuery would report now.
+	Status byte
+	// Open: a batch is in progress (an implicit transaction not yet ended
+	// by Sync, or messages being skipped until Sync).
+	Open bool
 }
 
 // setIdle notes that a backend processed consumed bytes and waits for
 // more.
-func (s *Server) setIdle(pid int32, consumed int64) {
+func (s *Server) setIdle(pid int32, consumed int64, st BackendState) {
 	s.mu.Lock()
 	if p := s.backends[pid]; p != nil {
-		p.waiting, p.consumed = true, consumed
+		p.waiting, p.consumed, p.state = true, consumed, st
 	}
 	s.progress.Broadcast()
 	s.mu.Unlock()
@@ -279,30 +294,20 @@ func (s *Server) setBusy(pid int32) {
 	s.mu.Unlock()
 }
 
-func (s *Server) noteReady(pid int32) {
-	s.mu.Lock()
-	s.sent[pid]++
-	s.mu.Unlock()
-}
-
-// ReadyCount reports how many ReadyForQuery messages backend pid sent.
-func (s *Server) ReadyCount(pid int32) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sent[pid]
-}
-
 // Quiesce waits until backend pid has processed the first sent bytes of
-// its input (startup packet included) and waits for more, or is gone:
-// everything it will answer to those bytes has been written (or sits in
-// its send buffer, as in Postgres).
-func (s *Server) Quiesce(pid int32, sent int64) {
+// its input (its startup packet included) and waits for more, and returns
+// its state then; ok is false when the backend is gone. The caller must
+// have written those bytes before it asks.
+func (s *Server) Quiesce(pid int32, sent int64) (st BackendState, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
 		p := s.backends[pid]
-		if p == nil || p.waiting && p.consumed >= sent {
-			return
+		switch {
+		case p == nil:
+			return BackendState{}, false
+		case p.waiting && p.consumed >= sent:
+			return p.state, true
 		}
 		s.progress.Wait()
 	}
