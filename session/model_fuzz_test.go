@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/pgmodel"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
 	"github.com/pgtoken/pgtoken/internal/scenario"
+	"github.com/pgtoken/pgtoken/session"
 )
 
 // FuzzSessionAgainstModel drives two clients, alternating, through
@@ -57,8 +59,8 @@ func FuzzSessionAgainstModel(f *testing.F) {
 // stale-portal (the unnamed portal is executed or described only after a
 // Bind of it in the same step), unnamed-stmt (the unnamed statement is
 // bound or described only after a Parse of it since the step's last sync
-// point), close-stmt (no Close of a statement), call-query (no CALL in a
-// Query) and portal-text (pgtoken's text for a missing unnamed portal is
+// point), close-stmt (no Close of a statement), named-parse (no Parse of a
+// named statement), call-query (no CALL in a Query) and portal-text (pgtoken's text for a missing unnamed portal is
 // taken as Postgres's).
 var avoid = flag.String("model.avoid", "", "comma-separated parts of the fuzzer's alphabet to leave out")
 
@@ -472,6 +474,9 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 			}
 			switch fm := fm.(type) {
 			case *pgproto3.Parse:
+				if h.skip["named-parse"] && fm.Name != "" {
+					continue
+				}
 				parsed = parsed || fm.Name == ""
 			case *pgproto3.Bind:
 				if h.skip["unnamed-stmt"] && fm.PreparedStatement == "" && !parsed {
@@ -613,8 +618,9 @@ func (h *fuzzHarness) step(t *testing.T, c *fuzzConn, msgs []pgproto3.FrontendMe
 	for ready > 0 || tail > 0 {
 		m, err := fe.Receive()
 		if err != nil {
-			t.Errorf("%s through pgtoken: %v (hang?)\n got: %q\nwant: %q\nsteps:\n  %s\nwhat the model ran:\n  %s",
-				c.name, err, c.got, c.want, strings.Join(trace, "\n  "), strings.Join(recordLines(h.proxied.Records()), "\n  "))
+			t.Errorf("%s through pgtoken: %v (hang?)\n got: %q\nwant: %q\nsteps:\n  %s\nwhat the model ran:\n  %s\npgtoken's sessions:\n%s\nthe model's backends:\n%s\npgtoken's goroutines:\n%s",
+				c.name, err, c.got, c.want, strings.Join(trace, "\n  "), strings.Join(recordLines(h.proxied.Records()), "\n  "),
+				session.DescribeSessions(h.env.App.Server), h.proxied.Describe(), sessionGoroutines())
 			return false
 		}
 		s := scenario.Normalize(m)
@@ -632,6 +638,19 @@ func (h *fuzzHarness) step(t *testing.T, c *fuzzConn, msgs []pgproto3.FrontendMe
 		c.got = append(c.got, s)
 	}
 	return true
+}
+
+// sessionGoroutines dumps the goroutines that run pgtoken's session code.
+func sessionGoroutines() string {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "pgtoken/session.") || strings.Contains(g, "pgtoken/session/pool.") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
 }
 
 // describeMsg renders a message for a failure's list of steps.

@@ -274,6 +274,25 @@ type BackendState struct {
 	Open bool
 }
 
+// Describe lists the backends and where each stands, for tests that need
+// to say where something is stuck.
+func (s *Server) Describe() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pids := make([]int, 0, len(s.backends))
+	for pid := range s.backends {
+		pids = append(pids, int(pid))
+	}
+	sort.Ints(pids)
+	var b strings.Builder
+	for _, pid := range pids {
+		p := s.backends[int32(pid)]
+		fmt.Fprintf(&b, "backend %d: waiting for input %v, read %d bytes, status %c, batch open %v, owed %d\n",
+			pid, p.waiting, p.consumed, p.state.Status, p.state.Open, p.state.Owed)
+	}
+	return b.String()
+}
+
 // setIdle notes that a backend processed consumed bytes and waits for
 // more.
 func (s *Server) setIdle(pid int32, consumed int64, st BackendState) {
