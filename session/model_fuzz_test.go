@@ -60,7 +60,8 @@ func FuzzSessionAgainstModel(f *testing.F) {
 // Bind of it in the same step), unnamed-stmt (the unnamed statement is
 // bound or described only after a Parse of it since the step's last sync
 // point), close-stmt (no Close of a statement), named-parse (no Parse of a
-// named statement), call-query (no CALL in a Query) and portal-text (pgtoken's text for a missing unnamed portal is
+// named statement), reset-portal (no Bind of a transaction statement),
+// call-query (no CALL in a Query) and portal-text (pgtoken's text for a missing unnamed portal is
 // taken as Postgres's).
 var avoid = flag.String("model.avoid", "", "comma-separated parts of the fuzzer's alphabet to leave out")
 
@@ -467,6 +468,7 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 		// The unnamed portal bound and statement parsed in this step, and
 		// extended messages, since the step's last sync point.
 		bound, parsed, extended := false, false, false
+		control := false // the unnamed statement is a transaction statement
 		for _, m := range st.msgs {
 			fm, ok := m.frontend(c.tag, c.name, h.skip)
 			if !ok {
@@ -477,9 +479,21 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 				if h.skip["named-parse"] && fm.Name != "" {
 					continue
 				}
-				parsed = parsed || fm.Name == ""
+				if fm.Name == "" {
+					parsed = true
+					first, _, _ := strings.Cut(fm.Query, " ")
+					switch first {
+					case "begin", "commit", "rollback", "savepoint", "release", "prepare":
+						control = true
+					default:
+						control = false
+					}
+				}
 			case *pgproto3.Bind:
 				if h.skip["unnamed-stmt"] && fm.PreparedStatement == "" && !parsed {
+					continue
+				}
+				if h.skip["reset-portal"] && fm.PreparedStatement == "" && control {
 					continue
 				}
 				bound = bound || fm.DestinationPortal == ""

@@ -137,35 +137,48 @@ func TestScenariosAgainstModel(t *testing.T) {
 	}
 }
 
-// TestCallOnConnectionOfAnotherClient: a client's first transaction on a
-// server connection that served another client carries the hand-over
-// reset. An extended-protocol CALL there (bound, then executed, with the
-// session prelude in front of the Execute) must still run the portal the
-// client bound. Against the model and against Postgres.
-func TestCallOnConnectionOfAnotherClient(t *testing.T) {
-	call := &scenario.Scenario{Name: "call", Blocks: []scenario.Block{
-		{Kind: "send", Msgs: []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "call commit_inside()"}, &pgproto3.Bind{},
-			&pgproto3.Execute{}, &pgproto3.Sync{}}},
-		{Kind: "until", N: 1},
-	}}
-	want := []string{"ParseComplete", "BindComplete", "DataRow web_user|alice", "CommandComplete CALL", "ReadyForQuery I"}
-	check := func(t *testing.T, env *pgtest.Env) {
-		bob := env.Connect(pgtest.UserToken(t, "bob"))
-		rows(t, bob, "select 1") // the pool's one server connection served bob
-		alice := env.Connect(pgtest.UserToken(t, "alice"))
-		got, err := scenario.Conn{FE: alice.Frontend(), NC: alice.Conn()}.Play(call, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
+// TestPortalsOnConnectionOfAnotherClient: a client's first transaction on
+// a server connection that served another client carries the hand-over
+// reset, which comes with the first prelude. A portal the client bound
+// earlier in that transaction must survive it: the portal of an
+// extended-protocol CALL (the session prelude goes in front of its
+// Execute), or of a statement that runs no code (a COMMIT bound before the
+// Parse that brings the prelude). Against the model and against Postgres.
+func TestPortalsOnConnectionOfAnotherClient(t *testing.T) {
+	who := "select current_user::text, current_setting('jwt.claims.sub', true)"
+	for _, tc := range []struct {
+		name string
+		msgs []pgproto3.FrontendMessage
+		want []string
+	}{
+		{"call", []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "call commit_inside()"}, &pgproto3.Bind{},
+			&pgproto3.Execute{}, &pgproto3.Sync{}},
+			[]string{"ParseComplete", "BindComplete", "DataRow web_user|alice", "CommandComplete CALL", "ReadyForQuery I"}},
+		{"bound before the prelude", []pgproto3.FrontendMessage{&pgproto3.Parse{Name: "c", Query: "commit"},
+			&pgproto3.Bind{PreparedStatement: "c"}, &pgproto3.Parse{Query: who}, &pgproto3.Execute{}, &pgproto3.Bind{},
+			&pgproto3.Execute{}, &pgproto3.Sync{}},
+			[]string{"ParseComplete", "BindComplete", "ParseComplete", "CommandComplete COMMIT", "BindComplete",
+				"DataRow web_user|alice", "CommandComplete SELECT 1", "ReadyForQuery I"}},
+	} {
+		sc := &scenario.Scenario{Name: tc.name, Blocks: []scenario.Block{{Kind: "send", Msgs: tc.msgs}, {Kind: "until", N: 1}}}
+		check := func(t *testing.T, env *pgtest.Env) {
+			bob := env.Connect(pgtest.UserToken(t, "bob"))
+			rows(t, bob, "select 1") // the pool's one server connection served bob
+			alice := env.Connect(pgtest.UserToken(t, "alice"))
+			got, err := scenario.Conn{FE: alice.Frontend(), NC: alice.Conn()}.Play(sc, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := scenario.Diff(got, tc.want); d != "" {
+				t.Fatalf("alice (left; want right):\n%s", d)
+			}
 		}
-		if d := scenario.Diff(got, want); d != "" {
-			t.Fatalf("alice's CALL (left; want right):\n%s", d)
-		}
+		t.Run(tc.name+"/model", func(t *testing.T) {
+			_, env := modelEnv(t, nil)
+			check(t, env)
+		})
+		t.Run(tc.name+"/postgres", func(t *testing.T) {
+			check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }))
+		})
 	}
-	t.Run("model", func(t *testing.T) {
-		_, env := modelEnv(t, nil)
-		check(t, env)
-	})
-	t.Run("postgres", func(t *testing.T) {
-		check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }))
-	})
 }
