@@ -15,6 +15,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/pgtoken/pgtoken/internal/app"
 	"github.com/pgtoken/pgtoken/internal/config"
 	"github.com/pgtoken/pgtoken/internal/pgmodel"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
@@ -61,7 +65,8 @@ func FuzzSessionAgainstModel(f *testing.F) {
 // bound or described only after a Parse of it since the step's last sync
 // point), close-stmt (no Close of a statement), named-parse (no Parse of a
 // named statement), reset-portal (no Bind of a transaction statement),
-// call-query (no CALL in a Query) and portal-text (pgtoken's text for a missing unnamed portal is
+// mid-batch-query (no Query or FunctionCall after extended messages
+// before a Sync), call-query (no CALL in a Query) and portal-text (pgtoken's text for a missing unnamed portal is
 // taken as Postgres's).
 var avoid = flag.String("model.avoid", "", "comma-separated parts of the fuzzer's alphabet to leave out")
 
@@ -334,6 +339,7 @@ func (m fuzzMsg) frontend(tag, client string, skip map[string]bool) (pgproto3.Fr
 // direct runs, and the two clients' tokens.
 type fuzzHarness struct {
 	mu      sync.Mutex // one input at a time: they share the server connection
+	log     logBuffer  // pgtoken's log
 	proxied *pgmodel.Server
 	direct  *pgmodel.Server
 	env     *pgtest.Env
@@ -349,14 +355,20 @@ func newFuzzHarness(tb testing.TB) *fuzzHarness {
 			h.skip[n] = true
 		}
 	}
-	h.proxied, h.env = modelEnv(tb, func(c *config.Config) {
+	// pgtoken logs into a buffer (a fuzz target may not log through
+	// testing), shown when an input fails.
+	h.proxied = startModel(tb)
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.AddSync(&h.log), zap.DebugLevel)
+	a, err := app.Start(context.Background(), modelConfig(h.proxied, func(c *config.Config) {
 		c.Pool.WaitTimeout = config.Duration(fuzzStepTimeout / 2)
-	})
-	var err error
-	if h.direct, err = pgmodel.Start(); err != nil {
+	}), zap.New(core))
+	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(h.direct.Close)
+	tb.Cleanup(func() { _ = a.Close() })
+	<-a.UpstreamsChecked()
+	h.env = &pgtest.Env{T: tb, DB: "app", App: a}
+	h.direct = startModel(tb)
 	h.clients[0] = newModelClient(tb, "web_user", map[string]string{"sub": "c0", "tenant": "t0"})
 	h.clients[1] = newModelClient(tb, "web_admin", map[string]string{"sub": "c1"})
 	for i, c := range h.clients {
@@ -368,6 +380,31 @@ func newFuzzHarness(tb testing.TB) *fuzzHarness {
 		h.presets[i] = b.String()
 	}
 	return h
+}
+
+// logBuffer keeps the last of a log.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	if n := len(l.buf); n > 1<<16 {
+		l.buf = append(l.buf[:0], l.buf[n-1<<15:]...)
+	}
+	return len(p), nil
+}
+
+// take returns the log since the last take.
+func (l *logBuffer) take() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := string(l.buf)
+	l.buf = l.buf[:0]
+	return s
 }
 
 // fuzzConn is one client's pair of connections: through pgtoken and
@@ -438,6 +475,12 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.proxied.TakeRecords()
+	h.log.take()
+	defer func() {
+		if t.Failed() {
+			t.Logf("pgtoken's log:\n%s\nthe model's log:\n%s", h.log.take(), h.proxied.Log())
+		}
+	}()
 	var conns [2]*fuzzConn
 	for i := range conns {
 		c := &fuzzConn{tag: fmt.Sprintf("/*c%d*/", i), name: fmt.Sprintf("c%d", i)}
@@ -514,6 +557,12 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 				}
 			}
 			switch fm.(type) {
+			case *pgproto3.Query, *pgproto3.FunctionCall:
+				if h.skip["mid-batch-query"] && extended {
+					continue
+				}
+			}
+			switch fm.(type) {
 			case *pgproto3.Sync, *pgproto3.Query, *pgproto3.FunctionCall:
 				bound, parsed, extended = false, false, false
 			default:
@@ -569,6 +618,40 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 	})
 	if t.Failed() {
 		t.Logf("steps:\n  %s", strings.Join(trace, "\n  "))
+		return
+	}
+	h.checkReleased(t, conns, trace)
+}
+
+// checkReleased makes both clients leave and checks that pgtoken gives
+// the server connection back clean: no session left, and the model's
+// backends idle outside any transaction or batch (a backend still
+// skipping until a Sync would ignore the next client's Query).
+func (h *fuzzHarness) checkReleased(t *testing.T, conns [2]*fuzzConn, trace []string) {
+	for _, c := range conns {
+		_ = c.through.Close(context.Background())
+	}
+	deadline := time.Now().Add(fuzzStepTimeout)
+	for {
+		dirty := ""
+		if d := session.DescribeSessions(h.env.App.Server); d != "" {
+			dirty = "pgtoken's sessions:\n" + d
+		}
+		for _, b := range h.proxied.Backends() {
+			if !b.Waiting || b.State.Open || b.State.Status != 'I' {
+				dirty += "\nthe model's backends:\n" + h.proxied.Describe()
+				break
+			}
+		}
+		if dirty == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("after both clients left, pgtoken did not give the server connection back clean:\n%s\nsteps:\n  %s\nwhat the model ran:\n  %s",
+				dirty, strings.Join(trace, "\n  "), strings.Join(recordLines(h.proxied.Records()), "\n  "))
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/pgtoken/pgtoken/internal/pgmodel"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
 	"github.com/pgtoken/pgtoken/internal/scenario"
+	"github.com/pgtoken/pgtoken/session"
 )
 
 // The fast tests: pgtoken in front of the model of Postgres in
@@ -24,11 +25,23 @@ import (
 // connection.
 func modelEnv(t testing.TB, mutate func(*config.Config)) (*pgmodel.Server, *pgtest.Env) {
 	t.Helper()
+	m := startModel(t)
+	return m, pgtest.StartWith(t, nil, "app", modelConfig(m, mutate))
+}
+
+// startModel starts a model for t.
+func startModel(t testing.TB) *pgmodel.Server {
+	t.Helper()
 	m, err := pgmodel.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Close)
+	return m
+}
+
+// modelConfig is pgtoken's configuration in front of m.
+func modelConfig(m *pgmodel.Server, mutate func(*config.Config)) config.Config {
 	cfg := config.Default()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Upstream = m.DSN()
@@ -40,7 +53,7 @@ func modelEnv(t testing.TB, mutate func(*config.Config)) (*pgmodel.Server, *pgte
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	return m, pgtest.StartWith(t, nil, "app", cfg)
+	return cfg
 }
 
 // modelClient is a token and the identity the model must see for every
@@ -120,11 +133,7 @@ func TestScenariosAgainstModel(t *testing.T) {
 			}
 			want := sc.Expected()
 			if !sc.Proxy {
-				direct, err := pgmodel.Start()
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer direct.Close()
+				direct := startModel(t)
 				if want, err = scenario.PlayDirect(direct.DSN(), sc, 5*time.Second); err != nil {
 					t.Fatalf("directly: %v", err)
 				}
@@ -181,4 +190,49 @@ func TestPortalsOnConnectionOfAnotherClient(t *testing.T) {
 			check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }))
 		})
 	}
+}
+
+// TestErrorBeforeQueryDoesNotWedge: an error in a batch makes the server
+// skip everything until Sync, a Query queued behind the error included. The
+// server connection must not go back to the pool before the client's Sync
+// reached it: the next client's Query would be skipped, never answered.
+// Against the model and against Postgres.
+func TestErrorBeforeQueryDoesNotWedge(t *testing.T) {
+	who := "select current_user::text, current_setting('jwt.claims.sub', true)"
+	alice := &scenario.Scenario{Name: "alice", Blocks: []scenario.Block{
+		{Kind: "send", Msgs: []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "select 1/0"}, &pgproto3.Bind{},
+			&pgproto3.Execute{}, &pgproto3.Query{String: who}}},
+		{Kind: "read", N: 2}, // ParseComplete, and the error (flushed at once); the Query is skipped
+		{Kind: "send", Msgs: []pgproto3.FrontendMessage{&pgproto3.Sync{}}},
+		{Kind: "until", N: 1},
+	}}
+	bob := &scenario.Scenario{Name: "bob", Blocks: []scenario.Block{
+		{Kind: "send", Msgs: []pgproto3.FrontendMessage{&pgproto3.Query{String: who}}},
+		{Kind: "until", N: 1},
+	}}
+	check := func(t *testing.T, env *pgtest.Env) {
+		a := env.Connect(pgtest.UserToken(t, "alice"))
+		b := env.Connect(pgtest.UserToken(t, "bob"))
+		got, err := scenario.Conn{FE: a.Frontend(), NC: a.Conn()}.Play(alice, 5*time.Second)
+		if err != nil {
+			t.Fatalf("alice: %v", err)
+		}
+		if want := []string{"ParseComplete", "ErrorResponse 22012 division by zero position=0", "ReadyForQuery I"}; scenario.Diff(got, want) != "" {
+			t.Fatalf("alice (left; want right):\n%s", scenario.Diff(got, want))
+		}
+		got, err = scenario.Conn{FE: b.Frontend(), NC: b.Conn()}.Play(bob, 5*time.Second)
+		if err != nil {
+			t.Fatalf("bob's Query after alice's batch was never answered: %v\n%s", err, session.DescribeSessions(env.App.Server))
+		}
+		if want := []string{"RowDescription current_user,current_setting", "DataRow web_user|bob", "CommandComplete SELECT 1", "ReadyForQuery I"}; scenario.Diff(got, want) != "" {
+			t.Fatalf("bob (left; want right):\n%s", scenario.Diff(got, want))
+		}
+	}
+	t.Run("model", func(t *testing.T) {
+		_, env := modelEnv(t, nil)
+		check(t, env)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }))
+	})
 }

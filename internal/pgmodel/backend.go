@@ -151,6 +151,9 @@ func (b *backend) read() (byte, []byte, error) {
 	}
 	b.srv.setBusy(b.pid)
 	b.consumed += int64(5 + n)
+	if b.srv.TraceMessages {
+		b.srv.event("backend %d: read %c %q", b.pid, head[0], truncate(body, 60))
+	}
 	return head[0], body, nil
 }
 
@@ -195,10 +198,10 @@ func (b *backend) startup() bool {
 	return true
 }
 
-// serve is the backend's main loop.
-func (b *backend) serve() {
+// serve is the backend's main loop; it returns why it ended.
+func (b *backend) serve() string {
 	if !b.startup() {
-		return
+		return "no startup packet (or a cancel request)"
 	}
 	sendReady := true
 	for b.werr == nil {
@@ -208,7 +211,7 @@ func (b *backend) serve() {
 		}
 		typ, body, err := b.read()
 		if err != nil {
-			return
+			return "reading: " + err.Error()
 		}
 		switch typ {
 		case 'P', 'B', 'C', 'D', 'E', 'H':
@@ -220,7 +223,7 @@ func (b *backend) serve() {
 			b.doingExtended = false
 		}
 		if typ == 'X' {
-			return
+			return "Terminate"
 		}
 		if b.ignore {
 			continue
@@ -228,7 +231,7 @@ func (b *backend) serve() {
 		perr, fatal := b.dispatch(typ, body, &sendReady)
 		if fatal {
 			b.flush()
-			return
+			return fmt.Sprintf("fatal error after a %q message", typ)
 		}
 		if perr != nil {
 			b.sendError(perr)
@@ -242,6 +245,7 @@ func (b *backend) serve() {
 			}
 		}
 	}
+	return "writing: " + b.werr.Error()
 }
 
 // dispatch handles one message; fatal ends the connection.
@@ -696,4 +700,11 @@ func (b *backend) functionCall(m *pgproto3.FunctionCall) *Error {
 	}
 	b.send(&pgproto3.FunctionCallResponse{Result: out})
 	return b.finishCommand()
+}
+
+func truncate(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[:n]
+	}
+	return b
 }

@@ -149,8 +149,13 @@ type Server struct {
 	ln net.Listener
 	wg sync.WaitGroup
 
+	// TraceMessages puts every message a backend reads into the log (Log),
+	// for finding out what a client sent. Set it before clients connect.
+	TraceMessages bool
+
 	mu      sync.Mutex
 	records []Record
+	events  []string // the last backend starts and ends (Log)
 	conns   map[net.Conn]bool
 	closed  bool
 	nextPID int32
@@ -225,9 +230,28 @@ func (s *Server) accept() {
 				s.mu.Unlock()
 			}()
 			b := newBackend(s, nc, pid)
-			b.serve()
+			s.event("backend %d: connection from %s", pid, nc.RemoteAddr())
+			s.event("backend %d: ended: %s", pid, b.serve())
 		}()
 	}
+}
+
+// event keeps a line of the model's log.
+func (s *Server) event(format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, fmt.Sprintf(format, args...))
+	if len(s.events) > 200 {
+		s.events = append(s.events[:0], s.events[100:]...)
+	}
+}
+
+// Log returns the model's last log lines: which backends started and why
+// each ended.
+func (s *Server) Log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Join(s.events, "\n")
 }
 
 // Records returns everything recorded so far.
@@ -272,6 +296,25 @@ type BackendState struct {
 	// Open: a batch is in progress (an implicit transaction not yet ended
 	// by Sync, or messages being skipped until Sync).
 	Open bool
+}
+
+// BackendInfo is where one backend stands.
+type BackendInfo struct {
+	PID     int32
+	Waiting bool // blocked reading, everything it was sent processed
+	State   BackendState
+}
+
+// Backends lists the backends, by pid.
+func (s *Server) Backends() []BackendInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]BackendInfo, 0, len(s.backends))
+	for pid, p := range s.backends {
+		out = append(out, BackendInfo{PID: pid, Waiting: p.waiting, State: p.state})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].PID < out[j].PID })
+	return out
 }
 
 // Describe lists the backends and where each stands, for tests that need
