@@ -236,3 +236,54 @@ func TestErrorBeforeQueryDoesNotWedge(t *testing.T) {
 		check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }))
 	})
 }
+
+// TestHandOverResetNotConfirmedByEarlierCommit: the hand-over reset goes
+// after a COMMIT AND CHAIN at the end of a Query, which fails outside a
+// transaction block, so the reset never runs; a COMMIT earlier in the same
+// Query must not count as the reset's commit. Otherwise what the previous
+// client left on the server connection stays: its session settings, and
+// after its CALL (which sets its role and claims for the session) its
+// claims. Against the model and against Postgres; the model also checks
+// alice's statements ran with her identity only.
+func TestHandOverResetNotConfirmedByEarlierCommit(t *testing.T) {
+	who := "select current_user::text, current_setting('jwt.claims.sub', true), coalesce(current_setting('jwt.claims.tenant', true), ''), coalesce(current_setting('app.flag', true), '')"
+	check := func(t *testing.T, env *pgtest.Env, tok string) {
+		bob := env.Connect(pgtest.Token(t, map[string]any{"role": "web_user", "sub": "bob", "tenant": "bobs"}))
+		rows(t, bob, "set app.flag = 'bobs'")
+		if _, err := bob.ExecParams(ctx(t), "call commit_inside()", nil, nil, nil, nil).Close(); err != nil {
+			t.Fatal(err)
+		}
+		// A round trip: pgtoken's read-back of bob's settings is answered
+		// before bob leaves (or pgtoken would drop the connection).
+		rows(t, bob, "select 1")
+		_ = bob.Close(ctx(t))
+		alice := env.Connect(tok)
+		sc := &scenario.Scenario{Name: "alice", Blocks: []scenario.Block{
+			{Kind: "send", Msgs: []pgproto3.FrontendMessage{&pgproto3.Query{String: "commit and chain"},
+				&pgproto3.Query{String: "commit; commit and chain"}, &pgproto3.Query{String: "commit; " + who}}},
+			{Kind: "until", N: 3},
+		}}
+		got, err := scenario.Conn{FE: alice.Frontend(), NC: alice.Conn()}.Play(sc, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) < 3 || got[len(got)-3] != "DataRow web_user|alice||" {
+			t.Errorf("alice's last Query saw the connection's previous client (want DataRow web_user|alice||):\n  %s", strings.Join(got, "\n  "))
+		}
+	}
+	t.Run("model", func(t *testing.T) {
+		m, env := modelEnv(t, nil)
+		alice := newModelClient(t, "web_user", map[string]string{"sub": "alice"})
+		check(t, env, alice.token)
+		var recs []pgmodel.Record
+		for _, r := range m.Records() {
+			if strings.Contains(r.SQL, "app.flag', true)") {
+				recs = append(recs, r)
+			}
+		}
+		checkIdentity(t, recs, func(int, pgmodel.Record) (pgmodel.Identity, bool) { return alice.id, true })
+	})
+	t.Run("postgres", func(t *testing.T) {
+		check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }), pgtest.UserToken(t, "alice"))
+	})
+}
