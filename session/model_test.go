@@ -287,3 +287,28 @@ func TestHandOverResetNotConfirmedByEarlierCommit(t *testing.T) {
 		check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }), pgtest.UserToken(t, "alice"))
 	})
 }
+
+// TestSettingSurvivesResetAfterEarlierRollback: on a server connection that
+// served another client, the hand-over reset goes with alice's first
+// prelude, here after a ROLLBACK at the start of her Query, and commits with
+// her SET. The ROLLBACK before it must not make the reset count as undone
+// (then it runs again, and alice's setting is gone). Against the model and
+// against Postgres.
+func TestSettingSurvivesResetAfterEarlierRollback(t *testing.T) {
+	check := func(t *testing.T, env *pgtest.Env) {
+		bob := env.Connect(pgtest.UserToken(t, "bob"))
+		rows(t, bob, "select 1") // the pool's one server connection served bob
+		alice := env.Connect(pgtest.UserToken(t, "alice"))
+		rows(t, alice, "rollback; set app.flag = 'alice'")
+		if got := rows(t, alice, "select coalesce(current_setting('app.flag', true), '')"); len(got) != 1 || got[0][0] != "alice" {
+			t.Fatalf("alice's setting after her next Query: %q, want alice", got)
+		}
+	}
+	t.Run("model", func(t *testing.T) {
+		_, env := modelEnv(t, nil)
+		check(t, env)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }))
+	})
+}
