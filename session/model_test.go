@@ -1,11 +1,13 @@
 package session_test
 
 import (
+	"context"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtoken/pgtoken/internal/config"
@@ -108,6 +110,30 @@ func recordLines(recs []pgmodel.Record) []string {
 		out[i] = r.String()
 	}
 	return out
+}
+
+// leaveQuiet closes c once pgtoken has nothing in flight for its session
+// (its read-back of session settings answered), so that pgtoken gives the
+// server connection back to the pool rather than dropping it.
+func leaveQuiet(t testing.TB, env *pgtest.Env, c *pgconn.PgConn, sub string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		busy := false
+		for _, d := range env.App.Server.DebugSessions() {
+			if d.Sub == sub && (len(d.Tracker.Units) > 0 || d.ServerPID != 0) {
+				busy = true
+			}
+		}
+		if !busy {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's session stays busy:\n%s", sub, session.DescribeSessions(env.App.Server))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	_ = c.Close(context.Background())
 }
 
 // TestScenariosAgainstModel plays every scenario through pgtoken against
@@ -253,10 +279,7 @@ func TestHandOverResetNotConfirmedByEarlierCommit(t *testing.T) {
 		if _, err := bob.ExecParams(ctx(t), "call commit_inside()", nil, nil, nil, nil).Close(); err != nil {
 			t.Fatal(err)
 		}
-		// A round trip: pgtoken's read-back of bob's settings is answered
-		// before bob leaves (or pgtoken would drop the connection).
-		rows(t, bob, "select 1")
-		_ = bob.Close(ctx(t))
+		leaveQuiet(t, env, bob, "bob")
 		alice := env.Connect(tok)
 		sc := &scenario.Scenario{Name: "alice", Blocks: []scenario.Block{
 			{Kind: "send", Msgs: []pgproto3.FrontendMessage{&pgproto3.Query{String: "commit and chain"},
@@ -302,6 +325,48 @@ func TestSettingSurvivesResetAfterEarlierRollback(t *testing.T) {
 		rows(t, alice, "rollback; set app.flag = 'alice'")
 		if got := rows(t, alice, "select coalesce(current_setting('app.flag', true), '')"); len(got) != 1 || got[0][0] != "alice" {
 			t.Fatalf("alice's setting after her next Query: %q, want alice", got)
+		}
+	}
+	t.Run("model", func(t *testing.T) {
+		_, env := modelEnv(t, nil)
+		check(t, env)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		check(t, pgtest.Start(t, func(c *config.Config) { c.Pool.Size = 1 }))
+	})
+}
+
+// TestSkippedResetIsNotConfirmed: on a server connection that served
+// another client, alice's first transaction fails (the reset with it rolls
+// back), and the reset goes again with her next prelude, behind a message
+// pgtoken refuses (a Bind of a statement that does not exist), which makes
+// the server skip the rest of the batch, the reset included. The Sync's
+// ReadyForQuery must not count as the reset's commit. Against the model
+// and against Postgres.
+func TestSkippedResetIsNotConfirmed(t *testing.T) {
+	show := "select coalesce(current_setting('app.flag', true), '')"
+	sc := &scenario.Scenario{Name: "alice", Blocks: []scenario.Block{
+		{Kind: "send", Msgs: []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: "select 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.Bind{PreparedStatement: "nope"}, &pgproto3.Parse{Query: show}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}}},
+		{Kind: "until", N: 2},
+		{Kind: "send", Msgs: []pgproto3.FrontendMessage{&pgproto3.Parse{Query: show}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}}},
+		{Kind: "until", N: 1},
+	}}
+	want := []string{"ParseComplete", "ErrorResponse 22012 division by zero position=0", "ReadyForQuery I",
+		`ErrorResponse 26000 prepared statement "nope" does not exist position=0`, "ReadyForQuery I",
+		"ParseComplete", "BindComplete", "DataRow ", "CommandComplete SELECT 1", "ReadyForQuery I"}
+	check := func(t *testing.T, env *pgtest.Env) {
+		bob := env.Connect(pgtest.UserToken(t, "bob"))
+		rows(t, bob, "set app.flag = 'bobs'")
+		leaveQuiet(t, env, bob, "bob")
+		alice := env.Connect(pgtest.UserToken(t, "alice"))
+		got, err := scenario.Conn{FE: alice.Frontend(), NC: alice.Conn()}.Play(sc, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := scenario.Diff(got, want); d != "" {
+			t.Fatalf("alice (left; want right):\n%s", d)
 		}
 	}
 	t.Run("model", func(t *testing.T) {

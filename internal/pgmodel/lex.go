@@ -200,7 +200,7 @@ func lexString(src string, i int, escape bool) (string, int, bool) {
 				if e == 'U' {
 					w = 8
 				}
-				if j+w < len(src)+0 && j+1+w <= len(src) {
+				if j+1+w <= len(src) {
 					v, err := strconv.ParseUint(src[j+1:j+1+w], 16, 32)
 					if err == nil {
 						b.WriteRune(rune(v))
