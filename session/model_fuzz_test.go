@@ -355,20 +355,10 @@ func newFuzzHarness(tb testing.TB) *fuzzHarness {
 			h.skip[n] = true
 		}
 	}
-	// pgtoken logs into a buffer (a fuzz target may not log through
-	// testing), shown when an input fails.
-	h.proxied = startModel(tb)
-	core := zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.AddSync(&h.log), zap.DebugLevel)
-	a, err := app.Start(context.Background(), modelConfig(h.proxied, func(c *config.Config) {
-		c.Pool.WaitTimeout = config.Duration(fuzzStepTimeout / 2)
-	}), zap.New(core))
-	if err != nil {
+	if err := h.start(); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = a.Close() })
-	<-a.UpstreamsChecked()
-	h.env = &pgtest.Env{T: tb, DB: "app", App: a}
-	h.direct = startModel(tb)
+	tb.Cleanup(h.stop)
 	h.clients[0] = newModelClient(tb, "web_user", map[string]string{"sub": "c0", "tenant": "t0"})
 	h.clients[1] = newModelClient(tb, "web_admin", map[string]string{"sub": "c1"})
 	for i, c := range h.clients {
@@ -380,6 +370,47 @@ func newFuzzHarness(tb testing.TB) *fuzzHarness {
 		h.presets[i] = b.String()
 	}
 	return h
+}
+
+// start starts the two models and pgtoken in front of one of them.
+// pgtoken logs into a buffer (a fuzz target may not log through testing),
+// shown when an input fails.
+func (h *fuzzHarness) start() error {
+	var err error
+	if h.proxied, err = pgmodel.Start(); err != nil {
+		return err
+	}
+	if h.direct, err = pgmodel.Start(); err != nil {
+		return err
+	}
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.AddSync(&h.log), zap.DebugLevel)
+	a, err := app.Start(context.Background(), modelConfig(h.proxied, func(c *config.Config) {
+		c.Pool.WaitTimeout = config.Duration(fuzzStepTimeout / 2)
+	}), zap.New(core))
+	if err != nil {
+		return err
+	}
+	<-a.UpstreamsChecked()
+	h.env = &pgtest.Env{DB: "app", App: a}
+	return nil
+}
+
+// stop stops what start started. A pgtoken that does not shut down in
+// time (a session stuck for good) is left behind.
+func (h *fuzzHarness) stop() {
+	if h.env != nil {
+		closed := make(chan struct{})
+		go func() {
+			_ = h.env.App.Close()
+			close(closed)
+		}()
+		select {
+		case <-closed:
+		case <-time.After(fuzzStepTimeout):
+		}
+	}
+	h.proxied.Close()
+	h.direct.Close()
 }
 
 // logBuffer keeps the last of a log.
@@ -476,12 +507,26 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 	defer h.mu.Unlock()
 	h.proxied.TakeRecords()
 	h.log.take()
+	var conns [2]*fuzzConn
 	defer func() {
 		if t.Failed() {
 			t.Logf("pgtoken's log:\n%s\nthe model's log:\n%s", h.log.take(), h.proxied.Log())
+			// What failed may have left pgtoken or the model in any
+			// state: the next input gets new ones.
+			for _, c := range conns {
+				if c != nil {
+					_ = c.through.Conn().Close()
+					if c.direct != nil {
+						_ = c.direct.Close()
+					}
+				}
+			}
+			h.stop()
+			if err := h.start(); err != nil {
+				t.Fatalf("restarting the harness: %v", err)
+			}
 		}
 	}()
-	var conns [2]*fuzzConn
 	for i := range conns {
 		c := &fuzzConn{tag: fmt.Sprintf("/*c%d*/", i), name: fmt.Sprintf("c%d", i)}
 		cx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -491,9 +536,9 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 			t.Fatalf("client %d: connect through pgtoken: %v", i, err)
 		}
 		c.through = pc
+		conns[i] = c
 		t.Cleanup(func() { _ = pc.Close(context.Background()) })
 		h.dialDirect(t, c, h.presets[i])
-		conns[i] = c
 	}
 	// owner attributes records to clients: by the tag in their text, and
 	// otherwise to the client whose step ran when they were made.
