@@ -165,12 +165,6 @@ type parser struct {
 }
 
 func (p *parser) peek() token { return p.st.toks[p.i] }
-func (p *parser) peekAt(k int) token {
-	if p.i+k < len(p.st.toks) {
-		return p.st.toks[p.i+k]
-	}
-	return p.st.toks[len(p.st.toks)-1]
-}
 func (p *parser) atEnd() bool { t := p.peek(); return t.kind == tEOF || t.is(";") }
 func (p *parser) next() token {
 	t := p.peek()
