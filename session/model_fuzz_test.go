@@ -870,6 +870,8 @@ var fuzzSeeds = [][]fuzzStep{
 	{fz(0, fq("set"), fq("show")), fz(1, fq("show"), fq("set-config")), fz(0, fq("show"), fq("set-local", "show")), fz(1, fq("show"))},
 	{fz(0, fq("timeout")), fz(1, fq("show-timeout")), fz(0, fq("show-timeout"))},
 	{fz(0, fpbe("who"), fF, fpbe("who"), fS), fz(1, fF, fq("who"))},
+	// A CALL on a connection that served another client (an earlier
+	// seed's): fails, TestPortalsOnConnectionOfAnotherClient.
 	{fz(0, fpbe("call"), fpbe("who"), fS), fz(1, fpbe("who"), fS), fz(0, fq("who"))},
 	{fz(0, fp("", "series"), fb("", ""), fe("", 1), fH), fz(0, fe("", 1), fS), fz(1, fq("who"))},
 	{fz(0, fpbe("big")), fz(0, fS), fz(1, fpbe("big"), fH), fz(1, fS)},
