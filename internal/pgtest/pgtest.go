@@ -103,11 +103,30 @@ func StartWith(t testing.TB, pg *testpg.Cluster, db string, cfg config.Config) *
 	if err != nil {
 		t.Fatalf("start pgtoken: %v", err)
 	}
-	t.Cleanup(func() { _ = a.Close() })
+	t.Cleanup(func() { closeApp(t, a) })
 	// The start's own login to the upstream is over before the test counts
 	// server connections.
 	<-a.UpstreamsChecked()
 	return &Env{T: t, PG: pg, DB: db, App: a}
+}
+
+// shutdownBound is how long pgtoken may take to shut down at a test's end.
+const shutdownBound = 20 * time.Second
+
+// closeApp shuts pgtoken down, failing t (rather than hanging the test
+// binary) when it does not finish in time: a session stuck for good keeps
+// Server.Close waiting.
+func closeApp(t testing.TB, a *app.App) {
+	done := make(chan struct{})
+	go func() {
+		_ = a.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(shutdownBound):
+		t.Errorf("pgtoken did not shut down within %s (a session is stuck)", shutdownBound)
+	}
 }
 
 // Token signs claims with the test secret (HS256); exp defaults to an hour

@@ -132,6 +132,22 @@ AS $$
   SELECT nullif(current_setting('jwt.claims.' || $1, true), '')
 $$;
 
+-- api.commit_inside(): a procedure that commits in the middle and then
+-- reports who it runs as. A CALL outside a transaction block may commit;
+-- what follows the COMMIT runs in a new transaction, which the proxy must
+-- give the caller's identity too (tests of procedures that commit).
+CREATE OR REPLACE PROCEDURE api.commit_inside(INOUT role text DEFAULT NULL, INOUT sub text DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+  COMMIT;
+  role := current_user;
+  sub := nullif(current_setting('jwt.claims.sub', true), '');
+END
+$$;
+
 -- Functions are executable by PUBLIC by default; restrict to the token roles.
 REVOKE ALL ON FUNCTION api.whoami(), api.claim(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.whoami(), api.claim(text) TO web_anon, web_user, web_admin;
+REVOKE ALL ON PROCEDURE api.commit_inside(text, text) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE api.commit_inside(text, text) TO web_anon, web_user, web_admin;
