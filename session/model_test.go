@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgtoken/pgtoken/internal/config"
 	"github.com/pgtoken/pgtoken/internal/pgmodel"
+	"github.com/pgtoken/pgtoken/session/lockdown"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
 	"github.com/pgtoken/pgtoken/internal/scenario"
 	"github.com/pgtoken/pgtoken/session"
@@ -51,7 +52,10 @@ func modelConfig(m *pgmodel.Server, mutate func(*config.Config)) config.Config {
 	cfg.Pool.WaitTimeout = config.Duration(5 * time.Second)
 	cfg.JWT.Secret = pgtest.Secret
 	cfg.JWT.AllowedRoles = config.StringList{"web_anon", "web_user", "web_admin"}
-	cfg.Limits.AuthFailuresBeforeBackoff = 0
+	cfg.Limits.AuthFailureDelay, cfg.Limits.AuthFailureRate = 0, 0
+	for _, c := range lockdown.Checks {
+		cfg.Checks.Skip = append(cfg.Checks.Skip, string(c)) // the model knows no catalogs
+	}
 	if mutate != nil {
 		mutate(&cfg)
 	}

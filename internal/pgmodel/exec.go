@@ -183,7 +183,7 @@ func (b *backend) analyzeStmt(s *stmt, sc *scope, ps *prepared) *Error {
 	case sOwnSettings:
 		ps.cols, ps.colTypes = []string{"name", "setting"}, []ty{tyText, tyText}
 	case sOwnRoles:
-		ps.cols, ps.colTypes = []string{"rolname", "rolsuper", "rolbypassrls", "?column?"}, []ty{tyText, tyBool, tyBool, tyBool}
+		ps.cols, ps.colTypes = []string{"fact", "role", "a", "b", "c", "d"}, []ty{tyText, tyText, tyText, tyText, tyText, tyText}
 	case sOwnValues:
 		ps.cols, ps.colTypes = []string{"n", "v"}, []ty{tyText, tyText}
 	}
@@ -583,7 +583,24 @@ func (b *backend) run(s *stmt, params []value, ps *prepared) ([][]value, string,
 		}
 		return rows, "", nil
 	case sOwnRoles:
-		return [][]value{{text(LoginRole), text("f"), text("f"), text("t")}}, "", nil
+		// The lock-down checks' facts (session/lockdown.Query) of a
+		// database locked down as docs/SECURITY.md says: a NOINHERIT
+		// login with no privileges, granted the token roles.
+		row := func(vs ...string) []value {
+			r := make([]value, 6)
+			for i := range r {
+				r[i] = text("")
+				if i < len(vs) {
+					r[i] = text(vs[i])
+				}
+			}
+			return r
+		}
+		rows := [][]value{row("login", LoginRole, "app", "postgres"), row("role", LoginRole)}
+		for _, r := range TokenRoles {
+			rows = append(rows, row("role", r), row("edge", LoginRole, r))
+		}
+		return rows, "", nil
 	case sOwnValues:
 		var rows [][]value
 		for i, n := range s.names {

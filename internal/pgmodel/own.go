@@ -1,6 +1,10 @@
 package pgmodel
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/pgtoken/pgtoken/session/lockdown"
+)
 
 // pgtoken's own statements.
 //
@@ -32,8 +36,18 @@ func ownStmtName(name string) bool {
 	return false
 }
 
+// lockdownPrefix begins the text of pgtoken's lock-down checks
+// (session/lockdown.Query).
+const lockdownPrefix = "/* pgtoken lock-down checks */"
+
+// lockdownBody is that text after its opening comment.
+var lockdownBody = strings.TrimSpace(strings.TrimPrefix(lockdown.Query, lockdownPrefix))
+
 // ownStatement reports whether one statement's text is pgtoken's.
 func ownStatement(text string) bool {
+	if text == lockdownBody {
+		return true
+	}
 	for _, exact := range []string{"RESET ROLE", "RESET ALL", "CLOSE ALL", "UNLISTEN *", "DISCARD TEMP",
 		"DISCARD SEQUENCES", "DISCARD ALL", "ROLLBACK", "SELECT 1"} {
 		if text == exact {
@@ -42,7 +56,7 @@ func ownStatement(text string) bool {
 	}
 	for _, prefix := range []string{"SET LOCAL ROLE E'", "SET ROLE E'", `SET LOCAL "`, `SET "`, `RESET "`,
 		"SELECT pg_catalog.set_config(", "SELECT name, setting FROM pg_catalog.pg_settings",
-		"SELECT rolname::text", "SELECT n, v FROM (VALUES"} {
+		lockdownPrefix, "SELECT n, v FROM (VALUES"} {
 		if strings.HasPrefix(text, prefix) {
 			return true
 		}
@@ -55,6 +69,10 @@ func ownStatement(text string) bool {
 // other statement.
 func (p *parser) own() *stmt {
 	text := p.st.text()
+	if strings.HasPrefix(p.st.src, lockdownPrefix) {
+		p.i = len(p.st.toks) - 1
+		return &stmt{kind: sOwnRoles}
+	}
 	if !p.peek().is("select") {
 		return nil
 	}
@@ -77,8 +95,6 @@ func (p *parser) own() *stmt {
 			return nil
 		}
 		return done(&stmt{kind: sOwnSettings, names: strs[1:]})
-	case strings.Contains(text, "pg_catalog.pg_roles"):
-		return done(&stmt{kind: sOwnRoles})
 	case strings.HasPrefix(text, "SELECT n, v FROM (VALUES"):
 		// (E'name',pg_catalog.set_config(E'name',E'value',true)), ...
 		if len(strs)%3 != 0 {

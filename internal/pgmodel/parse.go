@@ -57,7 +57,7 @@ const (
 	sCloseAll
 	sUnlisten
 	sOwnSettings // SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' [UNION ALL ...]
-	sOwnRoles    // SELECT ... FROM pg_catalog.pg_roles ...
+	sOwnRoles    // pgtoken's lock-down checks (they read pg_catalog.pg_roles)
 	sOwnValues   // SELECT n, v FROM (VALUES (name, set_config(name, value, true)), ...) v(n, v)
 )
 
