@@ -12,10 +12,10 @@ import (
 
 	"github.com/pgtoken/pgtoken/internal/config"
 	"github.com/pgtoken/pgtoken/internal/pgmodel"
-	"github.com/pgtoken/pgtoken/session/lockdown"
 	"github.com/pgtoken/pgtoken/internal/pgtest"
 	"github.com/pgtoken/pgtoken/internal/scenario"
 	"github.com/pgtoken/pgtoken/session"
+	"github.com/pgtoken/pgtoken/session/lockdown"
 )
 
 // The fast tests: pgtoken in front of the model of Postgres in
