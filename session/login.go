@@ -478,7 +478,9 @@ func (s *Session) release() {
 		// than hand anyone a connection in an unknown state.
 		s.kill(c)
 	default:
-		owed = s.t.SyncOwed()
+		// A Sync first, if the server skips messages until one (the
+		// client left after an error in a batch it never ended).
+		owed = s.t.SyncOwed() || s.t.Skipping()
 		if s.t.Status() != 'I' {
 			end = append(end, "ROLLBACK")
 		}
@@ -488,7 +490,10 @@ func (s *Session) release() {
 	}
 	if owed || len(end) > 0 {
 		s.writing = true
-		s.queueOwedSync(c)
+		if owed {
+			s.t.Push(tracker.Unit{Kind: tracker.Sync})
+			c.W.Sync()
+		}
 		for _, q := range end {
 			beginQuery(c)
 			s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pEnd, Ref: endRef{c: c, discardAll: q == "DISCARD ALL"}})

@@ -156,7 +156,12 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 		return Step{}
 	}
 	if t.skipping {
-		return Step{} // skipped by the server until the client's Sync
+		// The server skips everything until the client's Sync, which
+		// ends the batch (failed: its ReadyForQuery tells where).
+		if typ == 'S' && t.inBatch {
+			t.endSync(t.cur, t.fails|t.cur.failState())
+		}
+		return Step{}
 	}
 	if !t.inBatch {
 		p, wait := t.boundary()

@@ -193,10 +193,15 @@ func (t *Tracker) Answered() uint64 { return t.answered }
 func (t *Tracker) Settled() bool { return t.syncs == 0 }
 
 // Idle reports whether the server connection could be let go: nothing
-// outstanding, outside any transaction, no Sync owed.
+// outstanding, outside any transaction, no Sync owed, and the server not
+// skipping messages until a Sync (it would skip the next client's too).
 func (t *Tracker) Idle() bool {
-	return t.attached && t.q.len() == 0 && !t.inBatch && t.status == 'I' && !t.syncOwed
+	return t.attached && t.q.len() == 0 && !t.inBatch && t.status == 'I' && !t.syncOwed && !t.skipping
 }
+
+// Skipping reports whether the server skips every message until a Sync
+// that pgtoken has not sent: an extended message failed.
+func (t *Tracker) Skipping() bool { return t.skipping }
 
 // InBatch reports whether extended messages were sent since the last sync
 // point.
