@@ -554,6 +554,9 @@ func terminator(sql string, end int) int {
 // the client's text, and the prelude again after each cut. u learns which
 // completions and characters are pgtoken's (under mu).
 func (s *Session) appendQueryText(c *pool.Conn, step tracker.Step, sql string, stmts []sqlscan.Statement, u *tracker.Unit) {
+	// The first prelude carries the hand-over reset and the settings
+	// replay when due; those after a cut, the prelude alone (a reset
+	// there would undo what the client set in the transactions before).
 	var pre string
 	var preStmts int
 	if step.Prelude != tracker.NoPrelude || len(s.cuts) > 0 {
@@ -565,9 +568,16 @@ func (s *Session) appendQueryText(c *pool.Conn, step tracker.Step, sql string, s
 		u.Segs = append(u.Segs, tracker.Seg{Own: true, N: preStmts})
 		u.Cuts = append(u.Cuts, tracker.Range{At: 0, N: len(pre)})
 		chars = len(pre)
+		pre, preStmts = s.pre.simple, s.pre.statements
 	}
 	last, done := 0, 0
-	for _, i := range s.cuts {
+	for n, i := range s.cuts {
+		if n == 1 || (n == 0 && step.Prelude != tracker.NoPrelude) {
+			pre, preStmts = s.pre.simple, s.pre.statements
+		}
+		if n == 0 && step.Prelude == tracker.NoPrelude {
+			u.ResetAt = i + 1 // the client's completions before the first prelude
+		}
 		at := terminator(sql, stmts[i].End)
 		inject := pre
 		if at == -1 {

@@ -25,7 +25,13 @@ var ErrServerFatal = errors.New("server ended the connection")
 func (t *Tracker) Push(u Unit) {
 	t.seq++
 	u.seq = t.seq
+	if t.sticky && u.seq == t.stickySeq {
+		t.stickyCmpl = u.ResetAt
+	}
 	if t.skipping && u.Kind != Sync {
+		if t.sticky && u.seq >= t.stickySeq {
+			t.doubt = true // the reset (or what must commit with it) is skipped
+		}
 		t.finish(&u, ErrSkipped, 0)
 		return
 	}
@@ -184,7 +190,7 @@ func (t *Tracker) unsolicited(out []byte, typ byte, frame, body []byte) ([]byte,
 // completion handles CommandComplete, EmptyQueryResponse, PortalSuspended,
 // ParseComplete, BindComplete and CloseComplete.
 func (t *Tracker) completion(out []byte, u *Unit, typ byte, frame, body []byte) ([]byte, error) {
-	if typ == 'C' && t.sticky && u.seq >= t.stickySeq {
+	if typ == 'C' && t.sticky && t.afterReset(u) {
 		t.noteTag(body)
 	}
 	switch u.Kind {
@@ -222,6 +228,12 @@ func (t *Tracker) completion(out []byte, u *Unit, typ byte, frame, body []byte) 
 	}
 	t.finish(u, nil, 0)
 	return t.popUnit(out), nil
+}
+
+// afterReset reports whether what the head unit completes now comes at or
+// after the start of the hand-over reset awaiting its commit.
+func (t *Tracker) afterReset(u *Unit) bool {
+	return u.seq > t.stickySeq || (u.seq == t.stickySeq && (u.Kind != Query || t.cmpl >= t.stickyCmpl))
 }
 
 // noteTag watches the command tags of the transaction that carries the
@@ -301,6 +313,9 @@ func (t *Tracker) serverError(out []byte, u *Unit, body []byte) ([]byte, error) 
 	t.cmpl, t.errored = 0, false
 	for t.q.len() > 0 && t.q.peek().Kind != Sync {
 		v := t.q.peek()
+		if t.sticky && v.seq >= t.stickySeq {
+			t.doubt = true // the reset itself was skipped
+		}
 		if v.syncPoint() {
 			t.unsync(v)
 			if failedOwn && v.Own == OwnClient && (v.Kind == Query || v.Kind == Func) {

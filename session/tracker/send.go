@@ -260,6 +260,7 @@ func (t *Tracker) Sticky() {
 	if !t.sticky {
 		t.sticky = true
 		t.stickySeq = t.seq + 1 // the next unit pushed
+		t.stickyCmpl = 0        // set from that unit (Push)
 		t.doubt = false
 	}
 }

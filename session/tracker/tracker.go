@@ -130,9 +130,13 @@ type Tracker struct {
 
 	// The hand-over reset (and settings replay) sent and not yet known
 	// to have committed.
-	sticky    bool
-	stickySeq uint64
-	doubt     bool
+	// stickySeq is the first unit that carries it, and stickyCmpl, when
+	// that unit is a Query, the statement completion at which the reset
+	// begins in it: what completes before does not bear on it.
+	sticky     bool
+	stickySeq  uint64
+	stickyCmpl int
+	doubt      bool
 
 	relayAsync bool
 	done       []Done

@@ -324,3 +324,53 @@ func TestErrorAnsweringSync(t *testing.T) {
 		t.Fatalf("client got %s, idle %v", got, tr.Idle())
 	}
 }
+
+// The hand-over reset counts as done only when the transaction that ran it
+// committed: a COMMIT or ROLLBACK that completes before the reset in the
+// same Query says nothing about it, and a reset the server skipped never
+// ran.
+func TestResetJudgedFromItsOwnPosition(t *testing.T) {
+	cc := func(tag string) pgproto3.BackendMessage { return &pgproto3.CommandComplete{CommandTag: []byte(tag)} }
+	errMsg := &pgproto3.ErrorResponse{Severity: "ERROR", Code: "25P01", Message: "no transaction"}
+	for _, tc := range []struct {
+		name    string
+		resetAt int
+		answers []pgproto3.BackendMessage
+		clean   bool
+	}{
+		// "commit; <reset> commit and chain": the COMMIT is before the reset.
+		{"commit before, reset fails", 1, []pgproto3.BackendMessage{cc("COMMIT"), cc("RESET"), errMsg, &pgproto3.ReadyForQuery{TxStatus: 'I'}}, false},
+		// "rollback; <reset> set x": the ROLLBACK is before the reset.
+		{"rollback before, reset commits", 1, []pgproto3.BackendMessage{cc("ROLLBACK"), cc("RESET"), cc("SET"), &pgproto3.ReadyForQuery{TxStatus: 'I'}}, true},
+		// "<reset> select; commit"
+		{"commit after", 0, []pgproto3.BackendMessage{cc("RESET"), cc("SELECT 1"), cc("COMMIT"), &pgproto3.ReadyForQuery{TxStatus: 'I'}}, true},
+		// "<reset> select; rollback"
+		{"rollback after", 0, []pgproto3.BackendMessage{cc("RESET"), cc("SELECT 1"), cc("ROLLBACK"), &pgproto3.ReadyForQuery{TxStatus: 'I'}}, false},
+		// "commit and chain; <reset> ...": fails before the reset
+		{"error before", 1, []pgproto3.BackendMessage{errMsg, &pgproto3.ReadyForQuery{TxStatus: 'I'}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := New(false)
+			tr.Attach(true)
+			tr.Sticky()
+			tr.Push(Unit{Kind: Query, ResetAt: tc.resetAt})
+			feed(t, tr, tc.answers...)
+			if tr.ResetPending() == tc.clean {
+				t.Fatalf("reset pending %v, want %v", tr.ResetPending(), !tc.clean)
+			}
+		})
+	}
+	t.Run("skipped", func(t *testing.T) {
+		tr := New(false)
+		tr.Attach(true)
+		tr.Push(Unit{Kind: Parse})
+		tr.Sticky()
+		tr.Push(Unit{Kind: Bind, Own: OwnPrelude})
+		tr.Push(Unit{Kind: Execute, Own: OwnPrelude})
+		tr.Push(Unit{Kind: Sync})
+		feed(t, tr, errMsg, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+		if !tr.ResetPending() {
+			t.Fatal("a reset the server skipped counts as done")
+		}
+	})
+}

@@ -86,6 +86,9 @@ type Unit struct {
 	Segs       []Seg
 	Cuts       []Range
 	NoPosition bool // drop error positions (the text sent is not the client's)
+	// ResetAt is the statement completion at which the hand-over reset
+	// (or settings replay) begins in a Query unit that carries it.
+	ResetAt int
 
 	// Rewrite replaces the server's error for this unit: a statement
 	// pgtoken refused was sent as a harmless one that fails, so the
