@@ -21,8 +21,7 @@ const (
 	pUnnamedParse                             // pgtoken's Parse of the client's unnamed statement (stmtRef)
 	pClientParse                              // the client's own named Parse (stmtRef)
 	pClientUnnamed                            // the client's own unnamed Parse (stmtRef)
-	pLocalParse                               // ParseComplete answered locally for a statement the conn has (stmtRef)
-	pCloseStmt                                // CloseComplete answered locally: forget the statement (string)
+	pCloseStmt                                // the client's Close of a statement: forget it (closeRef)
 	pSQLPrepare                               // SQL PREPARE (stmtRef)
 	pSQLReprepare                             // pgtoken's PREPARE before an EXECUTE on a conn that lacked it (stmtRef)
 	pUse                                      // the client's Bind, Describe or Execute of a statement (useRef)
@@ -65,15 +64,38 @@ func useOf(c *pool.Conn, st *clientStmt) any {
 // settings set for the session (replayed under the client's role, after
 // its prelude).
 type stickyWork struct {
-	reset  bool
-	replay []string // setting names, sorted
-	values map[string]string
+	reset bool
+	// settingsOnly: the reset is of the client's own connection (session
+	// mode, the hand-over reset done), after a RESET ALL or DISCARD ALL
+	// pgtoken answered: only its settings go, not its cursors, locks,
+	// LISTENs or temporary objects, as directly.
+	settingsOnly bool
+	replay       []string // setting names, sorted
+	values       map[string]string
+}
+
+// resetStmts returns the statements of w's reset (extended protocol).
+func (w stickyWork) resetStmts() []*ownStmt {
+	if w.settingsOnly {
+		return resetStmts[:1]
+	}
+	return resetStmts
+}
+
+// resetText returns w's reset in the simple protocol, and how many
+// statements it holds.
+func (w stickyWork) resetText() (string, int) {
+	if w.settingsOnly {
+		return resetStmts[0].sql + ";", 1
+	}
+	return resetText, resetCount
 }
 
 // stickyWork works out what c needs (under mu): the reset when the tracker
 // says so or when c has settings this client does not want, and a replay
 // of whatever the client's settings and c's differ in.
 func (s *Session) stickyWork(c *pool.Conn, reset bool) stickyWork {
+	s.noteOwnConn()
 	w := stickyWork{reset: reset, values: s.params}
 	if !reset {
 		for name := range c.Params {
@@ -89,7 +111,17 @@ func (s *Session) stickyWork(c *pool.Conn, reset bool) stickyWork {
 		}
 	}
 	sort.Strings(w.replay)
+	w.settingsOnly = w.reset && s.ownConn
 	return w
+}
+
+// noteOwnConn notes, in session mode, that the server connection holds
+// nothing but this client's state once every reset it needed committed
+// (under mu); attach forgets it.
+func (s *Session) noteOwnConn() {
+	if s.transparent() && s.conn != nil && !s.t.ResetPending() {
+		s.ownConn = true
+	}
 }
 
 // args encodes the replay's Bind parameters.
@@ -112,9 +144,9 @@ func (s *Session) afterSticky(c *pool.Conn, w stickyWork) {
 		s.srv.obs.ServerReset()
 	}
 	s.t.Sticky()
-	c.Params = maps.Clone(s.params)
-	if c.Params == nil {
-		c.Params = map[string]string{}
+	c.Params = map[string]string{}
+	if !w.reset || len(w.replay) > 0 {
+		maps.Copy(c.Params, s.params) // a reset alone leaves c with none
 	}
 }
 
@@ -129,8 +161,9 @@ func (s *Session) simplePrelude(c *pool.Conn, reset bool) (string, int) {
 	var b strings.Builder
 	n := s.pre.statements
 	if w.reset {
-		b.WriteString(resetText)
-		n += resetCount
+		text, k := w.resetText()
+		b.WriteString(text)
+		n += k
 	}
 	b.WriteString(s.pre.simple)
 	if len(w.replay) > 0 {
@@ -330,6 +363,8 @@ func (s *Session) waitSettled() {
 // client that prepares synchronously (pgbench -M prepared, PQprepare) wait
 // for connections that its own other sessions hold inside transactions.
 // The statement is parsed on the server at its first use (ensureStmt).
+// Transaction mode only: in session mode the statement keeps its name on
+// the client's own connection, which the client waits for anyway.
 func (s *Session) deferParse(name string, st *clientStmt) error {
 	st.deferred, st.name = true, name
 	s.mu.Lock()

@@ -62,6 +62,10 @@ func (s *Session) dispatch(typ byte, n int) error {
 		return err
 	}
 	switch typ {
+	case 'Q', 'S', 'F':
+		s.syncPoints++
+	}
+	switch typ {
 	case 'Q':
 		return s.onQuery(frame)
 	case 'P', 'B', 'D', 'E', 'C', 'H', 'S':
@@ -301,6 +305,7 @@ func (s *Session) attach(c *pool.Conn) bool {
 	s.conn = c
 	s.t.Attach(c.Owner != 0 && c.Owner != uint64(s.id))
 	s.unnamedPortalLive = false
+	s.ownConn = false
 	return true
 }
 
@@ -453,7 +458,7 @@ func (s *Session) onQuery(frame []byte) error {
 	}
 	s.newUnit(step)
 	s.closeStale(c)
-	if step.Prelude != tracker.NoPrelude && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
+	if step.Prelude == tracker.SessionPrelude || step.Prelude != tracker.NoPrelude && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
 		return s.outsideTransaction(c, frame, step) // releases mu
 	}
 	u := tracker.Unit{Kind: tracker.Query}
@@ -465,7 +470,7 @@ func (s *Session) onQuery(frame []byte) error {
 			// transaction, so that the stored statement text holds nothing
 			// but the client's statement (pg_prepared_statements shows
 			// the whole Query text).
-			s.extendedPrelude(c, step)
+			s.extendedPrelude(c, step, false)
 			u.Purpose, u.Ref, u.Barrier = pSQLPrepare, r.stmt, step.Prelude != tracker.NoPrelude
 			beginQuery(c)
 			s.t.Push(u)
@@ -478,7 +483,7 @@ func (s *Session) onQuery(frame []byte) error {
 		case r.prepare != "":
 			// EXECUTE on a conn that lacks the statement: PREPARE it first,
 			// in a transaction of its own that has the prelude.
-			s.extendedPrelude(c, step)
+			s.extendedPrelude(c, step, false)
 			beginQuery(c)
 			s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnPrelude, NoPosition: true, Purpose: pSQLReprepare, Ref: r.stmt})
 			c.W.Query(r.prepare)
@@ -749,7 +754,7 @@ func (s *Session) refuse(e *wire.Error, simple bool) error {
 		return nil
 	}
 	s.t.Push(tracker.Unit{Kind: tracker.Parse, Rewrite: e})
-	c.W.Parse("", refusedText, nil)
+	c.W.Parse(refusedName, refusedText, nil)
 	return nil
 }
 
@@ -863,7 +868,7 @@ func (s *Session) onFunctionCall(frame []byte) error {
 		return errTokenExpired()
 	}
 	s.newUnit(step)
-	s.extendedPrelude(c, step)
+	s.extendedPrelude(c, step, false)
 	s.t.Push(tracker.Unit{Kind: tracker.Func, Barrier: step.Barrier})
 	c.W.AppendBytes(frame)
 	s.capturePipelined(c)
@@ -886,6 +891,11 @@ var largeObjectFunctions = map[uint32]bool{
 // refused inside a transaction: it fails to parse, so the transaction
 // fails as after any error, and runs nothing.
 const refusedText = "pgtoken refused this statement"
+
+// refusedName names the Parse of refusedText: a name of pgtoken's, so that
+// the failing Parse leaves the client's unnamed statement alone (a Parse of
+// the unnamed statement drops it first, even one that fails).
+const refusedName = "pgtoken_refused"
 
 // beginQuery notes that a simple Query is about to go to c: Postgres drops
 // the unnamed statement on every Query.

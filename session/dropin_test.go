@@ -194,3 +194,67 @@ func TestNotificationsDuringQueriesInSessionMode(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// In session mode the server connection is the client's own: RESET ALL,
+// or a RESET of one setting, acts on settings alone, as directly. Its
+// cursors WITH HOLD, LISTENs and advisory locks stay (pgtoken's hand-over
+// reset is for the next client, not for this one).
+func TestSessionModeResetKeepsSessionState(t *testing.T) {
+	env := pgtest.Start(t, func(c *config.Config) {
+		c.Pool.Mode = "session"
+		c.Pool.Size = 1
+	})
+	for _, reset := range []string{"reset all", "reset application_name", "reset app.flag"} {
+		t.Run(reset, func(t *testing.T) {
+			c := env.Connect(pgtest.UserToken(t, "alice"))
+			defer c.Close(context.Background())
+			rows(t, c, "listen ch")
+			rows(t, c, "select pg_advisory_lock(42)")
+			rows(t, c, "begin; declare cur cursor with hold for select generate_series(1, 3); commit")
+			rows(t, c, "set application_name = 'mine'")
+			rows(t, c, "set app.flag = 'on'")
+			rows(t, c, "select 1")
+			rows(t, c, reset)
+			got := rows(t, c, "select current_user::text, current_setting('jwt.claims.sub', true), "+
+				"(select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid())::text, "+
+				"array_to_string(array(select pg_listening_channels()), ',')")
+			if want := "web_user alice 1 ch"; fmt.Sprint(got[0][0], " ", got[0][1], " ", got[0][2], " ", got[0][3]) != want {
+				t.Errorf("after %s: %v, want %s", reset, got, want)
+			}
+			if got := rows(t, c, "fetch 1 from cur"); len(got) != 1 || got[0][0] != "1" {
+				t.Errorf("after %s the cursor WITH HOLD: %v", reset, got)
+			}
+			rows(t, c, "select pg_advisory_unlock_all()")
+			_ = c.Close(context.Background())
+			poolSettles(t, env)
+		})
+	}
+}
+
+// In session mode a client that prepares a statement while every server
+// connection is taken waits for one, and its statement exists there: it
+// was answered ParseComplete without the server, and then its Describe
+// failed with 26000 (pgx's stdlib TestConnConcurrency).
+func TestSessionModePrepareWhilePoolBusy(t *testing.T) {
+	env := pgtest.Start(t, func(c *config.Config) {
+		c.Pool.Mode = "session"
+		c.Pool.Size = 1
+	})
+	holder := env.Connect(pgtest.UserToken(t, "alice"))
+	rows(t, holder, "select 1") // holds the one server connection
+	waiter := env.Connect(pgtest.UserToken(t, "bob"))
+	done := make(chan error, 1)
+	go func() {
+		_, err := waiter.Prepare(ctx(t), "s1", "select $1::int + 1", nil)
+		done <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	_ = holder.Close(context.Background())
+	if err := <-done; err != nil {
+		t.Fatalf("prepare while the pool was busy: %v", err)
+	}
+	res := waiter.ExecPrepared(ctx(t), "s1", [][]byte{[]byte("41")}, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "42" {
+		t.Fatalf("using it: %v %q", res.Err, res.Rows)
+	}
+}

@@ -18,8 +18,9 @@ type extMsg struct {
 	local          []byte      // answer this without the server
 	purpose        tracker.Purpose
 	ref            any
-	describePortal bool // Describe('P')
-	wait           bool // decide only once the answers in flight are in
+	replaced       *clientStmt // Parse: the closing statement of the same name it replaces
+	describePortal bool        // Describe('P')
+	wait           bool        // decide only once the answers in flight are in
 }
 
 // onExtended handles Parse, Bind, Describe, Execute, Close, Flush and Sync.
@@ -71,7 +72,7 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 			return s.localAnswer(nil, true)
 		case typ == 'H':
 			return nil
-		case typ == 'P' && len(m.name) > 0 && !s.pool.Available():
+		case typ == 'P' && len(m.name) > 0 && !s.transparent() && !s.pool.Available():
 			return s.deferParse(string(m.name), m.stmt)
 		}
 		if s.takeTxLost() {
@@ -106,7 +107,11 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 	if step.Prelude != tracker.NoPrelude && s.expired() {
 		return errTokenExpired()
 	}
-	s.extendedPrelude(c, step)
+	// The prelude must not take the unnamed portal from a message that
+	// uses it: one that looked live when the message was read may have
+	// ended with its transaction since (newUnit), and then the server must
+	// say so rather than run pgtoken's portal.
+	s.extendedPrelude(c, step, len(m.portal) == 0 && (typ == 'E' || m.describePortal))
 	s.sendExtended(typ, c, frame, &m)
 	return nil
 }
@@ -177,7 +182,7 @@ func (s *Session) stmtReady(c *pool.Conn, st *clientStmt) bool {
 		return true
 	}
 	s.t.Push(tracker.Unit{Kind: tracker.Parse, Rewrite: werr})
-	c.W.Parse("", refusedText, nil)
+	c.W.Parse(refusedName, refusedText, nil)
 	return false
 }
 
@@ -187,9 +192,9 @@ func (s *Session) readExtended(typ byte, body []byte, m *extMsg, waited bool) er
 	case 'P':
 		return s.readParse(body, m, waited)
 	case 'B':
-		return s.readBind(body, m)
+		return s.readBind(body, m, waited)
 	case 'D':
-		return s.readDescribe(body, m)
+		return s.readDescribe(body, m, waited)
 	case 'E':
 		return s.readExecute(body, m)
 	case 'C':
@@ -234,6 +239,13 @@ func (s *Session) readParse(body []byte, m *extMsg, waited bool) error {
 		old := s.stmts[n]
 		s.mu.Unlock()
 		switch {
+		case old != nil && old.closing && (old.closeAt == s.syncPoints || waited):
+			// Closed before this Parse in the same batch: the name is
+			// free (had the Close been skipped, so would this Parse).
+			m.replaced = old
+		case old != nil && old.closing:
+			m.wait = true // whether the Close was skipped decides
+			return nil
 		case old != nil && old.unconfirmed && !waited:
 			m.wait = true
 			return nil
@@ -243,7 +255,7 @@ func (s *Session) readParse(body []byte, m *extMsg, waited bool) error {
 		}
 	}
 	types := body[len(name)+1+len(query)+1:]
-	st := &clientStmt{text: strings.Clone(sql), types: append([]byte(nil), types...)}
+	st := &clientStmt{text: strings.Clone(sql), types: append([]byte(nil), types...), parsedAt: s.syncPoints}
 	if len(s.scan) == 1 {
 		st.kind, st.flags = s.scan[0].Kind, s.scan[0].Flags
 	}
@@ -260,11 +272,12 @@ func (s *Session) readParse(body []byte, m *extMsg, waited bool) error {
 	case n != "":
 		st.server = serverStmtName(s.ident.Role, st.types, st.text, "parse")
 	}
+	st.replaced = m.replaced
 	m.name, m.stmt = name, st
 	return nil
 }
 
-func (s *Session) readBind(body []byte, m *extMsg) error {
+func (s *Session) readBind(body []byte, m *extMsg, waited bool) error {
 	portal, stmt, ok := wire.BindHead(body)
 	if !ok {
 		return wire.Fatalf(wire.CodeProtocolViolation, "malformed Bind message")
@@ -274,22 +287,18 @@ func (s *Session) readBind(body []byte, m *extMsg) error {
 		m.refuse = wire.Errorf(wire.CodeInvalidSQLStatementName, "portal names beginning with pgtoken_ are reserved")
 		return nil
 	}
-	if m.stmt = s.lookupStmt(stmt); m.stmt == nil {
-		m.stmt, m.refuse = s.unknownStmt(stmt)
-	}
+	s.useStmt(stmt, m, waited)
 	return nil
 }
 
-func (s *Session) readDescribe(body []byte, m *extMsg) error {
+func (s *Session) readDescribe(body []byte, m *extMsg, waited bool) error {
 	k, name, ok := wire.TargetName(body)
 	if !ok {
 		return wire.Fatalf(wire.CodeProtocolViolation, "malformed Describe message")
 	}
 	if k == 'S' {
 		m.name = name
-		if m.stmt = s.lookupStmt(name); m.stmt == nil {
-			m.stmt, m.refuse = s.unknownStmt(name)
-		}
+		s.useStmt(name, m, waited)
 		return nil
 	}
 	m.portal, m.describePortal = name, true
@@ -318,13 +327,22 @@ func (s *Session) readClose(body []byte, m *extMsg) error {
 		return wire.Fatalf(wire.CodeProtocolViolation, "malformed Close message")
 	}
 	if k == 'S' {
-		m.purpose, m.ref = pCloseStmt, string(name)
 		if isReserved(text(name)) || !s.transparent() {
 			// The statement lives in pgtoken: closing it is the
 			// client's business only. Postgres answers CloseComplete
 			// even for a name that does not exist.
 			m.local = wire.MsgCloseComplete
 		}
+		if isReserved(text(name)) {
+			return nil
+		}
+		ref := closeRef{name: string(name)}
+		s.mu.Lock()
+		if ref.st = s.stmtNamed(name); ref.st != nil {
+			ref.st.closing, ref.st.closeAt = true, s.syncPoints
+		}
+		s.mu.Unlock()
+		m.purpose, m.ref = pCloseStmt, ref
 		return nil
 	}
 	if s.portal(name) == nil {
@@ -333,6 +351,37 @@ func (s *Session) readClose(body []byte, m *extMsg) error {
 		m.local = wire.MsgCloseComplete
 	}
 	return nil
+}
+
+// useStmt finds the statement a Bind or Describe uses. One the client
+// closed since its last sync point is gone (had the Close been skipped
+// after an error, this message would be skipped too); one it closed, or
+// parsed, before that is gone or not depending on the answer: the message
+// waits for it (m.wait).
+func (s *Session) useStmt(name []byte, m *extMsg, waited bool) {
+	s.mu.Lock()
+	st := s.stmtNamed(name)
+	closing := st != nil && st.closing
+	// A statement parsed, or closed, before the last sync point exists or
+	// not depending on that Parse's or Close's answer.
+	undecided := st != nil && (closing && st.closeAt != s.syncPoints || st.unconfirmed && st.parsedAt != s.syncPoints)
+	if undecided && !waited {
+		s.mu.Unlock()
+		m.wait = true
+		return
+	}
+	s.mu.Unlock()
+	if st == nil || closing {
+		st, m.refuse = s.unknownStmt(name)
+	}
+	m.stmt = st
+}
+
+// closeRef is a Close of a client statement: its name, and the statement
+// pgtoken knew by that name.
+type closeRef struct {
+	name string
+	st   *clientStmt
 }
 
 // isReserved reports whether a statement or portal name is pgtoken's.
@@ -361,9 +410,6 @@ func noSuchStatement(name []byte) *wire.Error {
 // noSuchPortal is Postgres's error for a portal the client did not bind
 // (pgtoken's own portals are not the client's).
 func noSuchPortal(name []byte) *wire.Error {
-	if len(name) == 0 {
-		return wire.Errorf(codeUndefinedCursor, "unnamed portal does not exist")
-	}
 	return wire.Errorf(codeUndefinedCursor, "portal %q does not exist", name)
 }
 
@@ -428,26 +474,37 @@ func (s *Session) portal(name []byte) *clientStmt {
 // reset, the prelude (for the transaction, or for the session before a
 // procedure) and the settings replay, each a bound statement of pgtoken's
 // (parsed once per server connection) executed into the unnamed portal —
-// or into a portal of its own when the client's unnamed portal is live.
-// Their answers are swallowed; an error reaches the client, and the server
-// skips the client's messages up to Sync. Under mu.
-func (s *Session) extendedPrelude(c *pool.Conn, step tracker.Step) {
+// or into a portal of its own when the client's unnamed portal is live or
+// the message uses it (keepPortal). Their answers are swallowed; an error
+// reaches the client, and the server skips the client's messages up to
+// Sync. Under mu.
+func (s *Session) extendedPrelude(c *pool.Conn, step tracker.Step, keepPortal bool) {
 	if step.Prelude == tracker.NoPrelude {
+		if step.Reset {
+			// The reset alone: the settings replay comes with the
+			// prelude, which c now lacks, as it lacks any settings.
+			s.noteOwnConn()
+			w := stickyWork{reset: true, settingsOnly: s.ownConn}
+			for _, st := range w.resetStmts() {
+				s.runOwn(c, st, nil, keepPortal)
+			}
+			s.afterSticky(c, w)
+		}
 		return
 	}
 	work := s.stickyWork(c, step.Reset)
 	if work.reset {
-		for _, st := range resetStmts {
-			s.runOwn(c, st, nil)
+		for _, st := range work.resetStmts() {
+			s.runOwn(c, st, nil, keepPortal)
 		}
 	}
 	if step.Prelude == tracker.SessionPrelude {
-		s.runOwn(c, s.srv.sessionStmts.get(s.pre.settings()), s.pre.args)
+		s.runOwn(c, s.srv.sessionStmts.get(s.pre.settings()), s.pre.args, keepPortal)
 	} else {
-		s.runOwn(c, s.pre.stmt, s.pre.args)
+		s.runOwn(c, s.pre.stmt, s.pre.args, keepPortal)
 	}
 	if len(work.replay) > 0 {
-		s.runOwn(c, s.srv.sessionStmts.get(len(work.replay)), work.args())
+		s.runOwn(c, s.srv.sessionStmts.get(len(work.replay)), work.args(), keepPortal)
 	}
 	s.afterSticky(c, work)
 }
@@ -458,7 +515,7 @@ func (s *Session) extendedPrelude(c *pool.Conn, step tracker.Step) {
 // that name may exist (a DEALLOCATE ALL that failed part-way, say), and
 // closing a statement that does not exist is no error. A Bind that finds
 // the statement gone makes every own statement parse again. Under mu.
-func (s *Session) runOwn(c *pool.Conn, st *ownStmt, args []byte) {
+func (s *Session) runOwn(c *pool.Conn, st *ownStmt, args []byte, keepPortal bool) {
 	if !c.Prepared[st.name] {
 		c.W.Target('C', 'S', st.name)
 		s.t.Push(tracker.Unit{Kind: tracker.Close, Own: tracker.OwnPrelude})
@@ -470,7 +527,7 @@ func (s *Session) runOwn(c *pool.Conn, st *ownStmt, args []byte) {
 		args = noArgs
 	}
 	portal := ""
-	if s.unnamedPortalLive {
+	if s.unnamedPortalLive || keepPortal {
 		portal = ownPortal
 	}
 	c.W.Bind(portal, st.name, args)

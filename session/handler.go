@@ -193,33 +193,44 @@ func (s *Session) done(d tracker.Done) {
 		r.st.unconfirmed = false
 		if d.Err != nil {
 			r.c.Stmts.Remove(r.st.server)
-			if s.stmts[r.name] == r.st {
-				delete(s.stmts, r.name)
-			}
+			s.forgetStmt(r.name, r.st)
+		} else {
+			r.st.replaced = nil
 		}
 	case pClientUnnamed:
 		r := d.Ref.(stmtRef)
-		if d.Err != nil {
+		r.st.unconfirmed = false
+		switch {
+		case d.Err == tracker.ErrSkipped:
+			// Never ran: the unnamed statement before it is still there.
+			s.forgetStmt("", r.st)
+		case d.Err != nil:
+			// A Parse of the unnamed statement drops the old one first.
 			if s.unnamedStmt == r.st {
 				s.unnamedStmt = nil
 			}
-			if r.c.UnnamedGen == r.st.gen {
-				r.c.UnnamedOwner = 0
-			}
+		default:
+			r.st.replaced = nil
 		}
-	case pLocalParse:
-		r := d.Ref.(stmtRef)
-		r.st.unconfirmed = false
-		if d.Err != nil && s.stmts[r.name] == r.st {
-			delete(s.stmts, r.name) // skipped after an earlier error: never created
+		if d.Err != nil && r.c.UnnamedGen == r.st.gen {
+			r.c.UnnamedOwner = 0
 		}
 	case pCloseStmt:
-		if d.Err == nil {
-			if name := d.Ref.(string); name == "" {
+		r := d.Ref.(closeRef)
+		if r.st != nil {
+			r.st.closing = false
+		}
+		switch {
+		case d.Err != nil:
+		case r.st != nil:
+			r.st.closed = true
+			if r.name == "" && s.unnamedStmt == r.st {
 				s.unnamedStmt = nil
-			} else {
-				delete(s.stmts, name)
+			} else if r.name != "" && s.stmts[r.name] == r.st {
+				delete(s.stmts, r.name)
 			}
+		case r.name != "":
+			delete(s.stmts, r.name)
 		}
 	case pSQLPrepare:
 		r := d.Ref.(stmtRef)

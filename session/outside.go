@@ -14,8 +14,9 @@ type outsideState struct {
 }
 
 // outsideTransaction runs a statement that Postgres refuses inside a
-// transaction block (VACUUM, CREATE INDEX CONCURRENTLY, CREATE DATABASE, ...)
-// and that came as a Query of its own outside a transaction: the role and
+// transaction block (VACUUM, CREATE INDEX CONCURRENTLY, CREATE DATABASE, ...),
+// or a procedure that may commit (CALL, DO), and that came as a Query of its
+// own outside a transaction: the role and
 // claims are set for the session first (with the hand-over reset and the
 // settings replay when due), and only once that succeeded does the
 // statement go, followed by a reset in the same write. The connection is
@@ -28,7 +29,7 @@ func (s *Session) outsideTransaction(c *pool.Conn, frame []byte, step tracker.St
 	w := s.stickyWork(c, step.Reset)
 	var text string
 	if w.reset {
-		text = resetText
+		text, _ = w.resetText()
 	}
 	text += s.pre.sessionSet()
 	if len(w.replay) > 0 {

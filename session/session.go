@@ -111,6 +111,8 @@ type Session struct {
 	unnamedPortal     *clientStmt
 	unnamedPortalLive bool   // the client bound the unnamed portal in the current transaction
 	batchGen          uint64 // counts Queries and batches, for the statement caches
+	syncPoints        uint64 // counts the client's Syncs, Queries and FunctionCalls (client goroutine)
+	ownConn           bool   // session mode: the server connection holds only this client's state (noteOwnConn)
 
 	// Client goroutine only.
 	wconn      *pool.Conn // conn the client goroutine wrote to since it last flushed

@@ -32,13 +32,26 @@ type clientStmt struct {
 	// name; such a statement is re-created with it rather than with Parse.
 	prepare string
 	// unconfirmed is set while the Parse that created it is unanswered
-	// (under the session mutex).
+	// (under the session mutex); parsedAt is the client's sync point count
+	// at that Parse.
 	unconfirmed bool
+	parsedAt    uint64
 	// deferred is set for a Parse pgtoken answered without the server (it
 	// came outside a transaction while every server connection was busy):
 	// the server parses it at first use, and if that fails the name is
 	// free again.
 	deferred bool
+	// closing is set by the client's Close of it (which pgtoken answers
+	// itself in transaction mode) until the answer is given: closeAt is
+	// the client's sync point count then (a message before the next sync
+	// point sees it gone: had the Close been skipped, so would it). closed
+	// is set once the Close was answered, not skipped. replaced is the
+	// statement of the same name a Parse after such a Close replaced: if
+	// that Parse is skipped, so was the Close, and the old one is back.
+	closing  bool
+	closed   bool
+	closeAt  uint64
+	replaced *clientStmt
 	name     string // the client's name for it
 	// setsSession: it changes session settings (SET, RESET,
 	// set_config(..., false)); custom names the placeholders it sets.
@@ -61,16 +74,37 @@ func serverStmtName(role string, types []byte, text, origin string) string {
 	return "pgtoken_s_" + hex.EncodeToString(h.Sum(nil)[:12])
 }
 
-// lookupStmt finds a client statement by its client name ("" = unnamed).
-// A Parse registers its name at once, so a pipelined Bind finds it; if that
-// Parse fails, the server fails the Bind as well.
-func (s *Session) lookupStmt(name []byte) *clientStmt {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// stmtNamed finds a client statement by its client name ("" = unnamed),
+// under mu. A Parse registers its name at once, so a pipelined Bind finds
+// it; if that Parse fails, the server fails the Bind as well.
+func (s *Session) stmtNamed(name []byte) *clientStmt {
 	if len(name) == 0 {
 		return s.unnamedStmt
 	}
 	return s.stmts[text(name)]
+}
+
+// forgetStmt forgets a statement whose Parse failed (or was skipped). If
+// that Parse followed a Close of the same name in its batch, and the
+// Close was skipped too, the closed statement is back. Under mu.
+func (s *Session) forgetStmt(name string, st *clientStmt) {
+	if name == "" {
+		if s.unnamedStmt == st {
+			s.unnamedStmt = nil
+			if old := st.replaced; old != nil && !old.closed {
+				s.unnamedStmt = old
+			}
+		}
+		return
+	}
+	if s.stmts[name] != st {
+		return
+	}
+	if old := st.replaced; old != nil && !old.closed {
+		s.stmts[name] = old
+		return
+	}
+	delete(s.stmts, name)
 }
 
 // ensureStmt makes sure st exists on c before a Bind or Describe uses it,
@@ -119,6 +153,8 @@ func (s *Session) clientParse(c *pool.Conn, name string, st *clientStmt) {
 	if name == "" {
 		s.unnamedGen++
 		st.gen = s.unnamedGen
+		st.replaced = s.unnamedStmt // back if this Parse is skipped
+		st.unconfirmed = true
 		s.unnamedStmt = st
 		c.W.Parse("", st.text, st.types)
 		c.UnnamedOwner, c.UnnamedGen = uint64(s.id), st.gen
@@ -272,7 +308,11 @@ func (s *Session) resetSettings(tag string) error {
 	s.lastReset = s.settingsGen
 	params := s.params
 	if s.conn != nil {
-		s.t.Foreign() // session mode: temporary objects, locks, LISTEN go too
+		// The server connection's settings are reset with the next
+		// prelude; on the client's own connection (session mode) its
+		// settings alone (noteOwnConn), as RESET ALL does directly.
+		s.noteOwnConn()
+		s.t.Foreign()
 	}
 	s.mu.Unlock()
 	var out []byte

@@ -43,3 +43,46 @@ func TestBatchFailedBeforeItsSync(t *testing.T) {
 		t.Fatalf("first Parse of the next batch: %+v, want the prelude", s)
 	}
 }
+
+// TestBareTransactionAcrossSync: a batch that only opens a transaction
+// (BEGIN, Sync) leaves it bare: the server says 'T' as for any open
+// transaction, and the next batch's first statement that runs code still
+// gets the prelude, after a SET TRANSACTION that must come before any
+// snapshot (testdata/scenarios/set-transaction-after-begin.txt), whether
+// the next batch was read before or after the Sync's answer.
+func TestBareTransactionAcrossSync(t *testing.T) {
+	begin := sqlscan.Split("begin", nil)[0]
+	setTx := sqlscan.Split("set transaction isolation level serializable", nil)[0]
+	sel := sqlscan.Split("select 1", nil)[0]
+	for _, answered := range []bool{false, true} {
+		tr := attached()
+		for _, typ := range []byte{'P', 'B', 'E'} {
+			if s := tr.Extended(typ, begin.Kind, 0); s.Prelude != NoPrelude || s.Wait {
+				t.Fatalf("%c of BEGIN: %+v", typ, s)
+			}
+		}
+		tr.Push(Unit{Kind: Parse})
+		tr.Push(Unit{Kind: Bind})
+		tr.Push(Unit{Kind: Execute})
+		if s := tr.Extended('S', 0, 0); s.Prelude != NoPrelude {
+			t.Fatalf("Sync after BEGIN: %+v, want no prelude (it would take a snapshot)", s)
+		}
+		tr.Push(Unit{Kind: Sync})
+		if !answered {
+			// BEGIN itself may fail: where the server stands is not known.
+			if s := tr.Extended('P', setTx.Kind, 0); !s.Wait {
+				t.Fatalf("SET TRANSACTION while the Sync is unanswered: %+v, want a wait", s)
+			}
+		}
+		feed(t, tr, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.CommandComplete{CommandTag: []byte("BEGIN")},
+			&pgproto3.ReadyForQuery{TxStatus: 'T'})
+		if s := tr.Extended('P', setTx.Kind, 0); s.Wait || s.Prelude != NoPrelude {
+			t.Fatalf("answered=%v: SET TRANSACTION in the next batch: %+v", answered, s)
+		}
+		tr.Extended('B', setTx.Kind, 0)
+		tr.Extended('E', setTx.Kind, 0)
+		if s := tr.Extended('P', sel.Kind, 0); s.Wait || s.Prelude != LocalPrelude {
+			t.Fatalf("answered=%v: first statement that runs code: %+v, want the prelude", answered, s)
+		}
+	}
+}

@@ -13,6 +13,8 @@ const (
 	// SessionPrelude sets them for the session: a procedure (CALL, DO)
 	// that commits goes on in transactions of its own, which must keep
 	// the identity. The hand-over reset undoes it before another client.
+	// For a Query (a procedure alone in it) it goes as a Query of its
+	// own, answered before the client's is sent, and is undone after it.
 	SessionPrelude
 )
 
@@ -23,7 +25,8 @@ type Step struct {
 	Wait bool
 	// Prelude goes in front of the message (for a Query: of its text).
 	Prelude Prelude
-	// Reset: the hand-over reset goes with every prelude of this message.
+	// Reset: the hand-over reset goes with every prelude of this message;
+	// with no prelude (at the start of a batch), it goes alone.
 	Reset bool
 	// Barrier: after sending, wait until this message is answered (or
 	// known to be skipped) before reading the client again.
@@ -54,7 +57,12 @@ func (t *Tracker) boundary() (p position, wait bool) {
 	if t.clients == 0 {
 		switch t.status {
 		case 'T':
+			// The server says only that a transaction is open; whether
+			// the prelude ran in it is what was sent.
 			poss = open
+			if t.poss&bare != 0 && t.poss&open == 0 {
+				poss = bare
+			}
 		case 'E':
 			poss = failed
 		default:
@@ -65,6 +73,8 @@ func (t *Tracker) boundary() (p position, wait bool) {
 	switch {
 	case poss == none:
 		return position{st: none}, false
+	case poss == bare:
+		return position{st: bare, explicit: true}, false
 	case poss&(none|bare) == 0:
 		// open or failed: neither needs the prelude, and a batch that
 		// starts in a failed transaction fails at once (its COMMIT or
@@ -94,6 +104,14 @@ func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
 			return Step{Wait: true}, cuts
 		}
 		fails = 0
+	}
+	if !t.inBatch && len(stmts) == 1 && p.st == none && (stmts[0].Kind == sqlscan.KindCall || stmts[0].Kind == sqlscan.KindDo) {
+		// A procedure alone in a Query runs outside any transaction
+		// block, so it may commit: the identity goes for the session,
+		// in front of the Query, not into its text (two statements in
+		// one Query make a transaction block, where COMMIT fails).
+		t.endSync(position{st: none}, none)
+		return Step{Prelude: SessionPrelude, Reset: t.resetDue()}, cuts
 	}
 	var s Step
 	owed := p.needsPrelude()
@@ -140,7 +158,7 @@ func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
 func (t *Tracker) endSync(p position, fails state) {
 	success := none
 	if p.explicit {
-		success = open
+		success = p.st // open, or bare when nothing ran since BEGIN
 	}
 	t.poss = success | fails
 	t.inBatch = false
@@ -163,25 +181,29 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 		}
 		return Step{}
 	}
+	var s Step
 	if !t.inBatch {
 		p, wait := t.boundary()
 		if wait {
 			return Step{Wait: true}
 		}
 		t.inBatch, t.cur, t.fails = true, p, 0
+		if p.st == none && t.reset && typ != 'S' && k != sqlscan.KindBegin && k != sqlscan.KindSetTransaction {
+			// The hand-over reset goes first, before the client binds
+			// a portal its CLOSE ALL would close (a COMMIT bound before
+			// the statement that brings the prelude). Not in front of
+			// a BEGIN or SET TRANSACTION: it takes a snapshot, and SET
+			// TRANSACTION must come before any.
+			s.Reset = true
+		}
 	}
-	var s Step
 	c := &t.cur
 	switch typ {
 	case 'S':
-		if c.st == bare && c.explicit {
-			// The batch opened a transaction that goes on after Sync
-			// and ran nothing yet: its prelude goes now, or the later
-			// batches would run without it.
-			s.Prelude, s.Reset = LocalPrelude, t.reset
-			t.fails |= c.failState()
-			c.st = open
-		}
+		// A transaction the batch opened without running anything stays
+		// bare after the Sync (endSync): the next batch's first statement
+		// that runs code gets the prelude, and a SET TRANSACTION before
+		// it still works (the prelude, a SELECT, takes a snapshot).
 		t.endSync(*c, t.fails)
 		return s
 	case 'C':
@@ -193,12 +215,12 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 		return s
 	}
 	if c.needsPrelude() && runsCode(k) {
-		s.Prelude, s.Reset = LocalPrelude, t.reset
+		s.Prelude, s.Reset = LocalPrelude, s.Reset || t.reset
 		t.fails |= c.failState()
 		c.st = open
 	}
 	if typ == 'E' && (k == sqlscan.KindCall || k == sqlscan.KindDo) && !c.explicit {
-		s.Prelude, s.Reset = SessionPrelude, t.reset
+		s.Prelude, s.Reset = SessionPrelude, s.Reset || t.reset
 		c.st = open
 	}
 	if c.st == none {

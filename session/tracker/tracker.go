@@ -43,7 +43,9 @@
 //
 // A server connection that last served another client (or whose state is
 // unknown) is reset at this client's first prelude on it, in the same
-// transaction. Until that transaction is known to have committed, every
+// transaction (at the start of the batch when that does not begin with
+// BEGIN or SET TRANSACTION, so that its CLOSE ALL cannot close a portal the
+// client bound before the prelude). Until that transaction is known to have committed, every
 // prelude carries the reset again and the next sync point waits for the
 // outcome: a transaction that rolled back restores whatever the reset
 // removed.
@@ -151,7 +153,8 @@ func New(relayAsync bool) *Tracker {
 
 // Attach starts following a server connection that is idle. foreign says
 // it may hold another client's state or state nobody knows: the hand-over
-// reset goes with this client's first prelude on it.
+// reset goes with this client's first prelude on it, or in front of its
+// first batch (Extended).
 func (t *Tracker) Attach(foreign bool) {
 	t.restart(ErrLost, true)
 	t.reset = foreign

@@ -69,10 +69,10 @@ func TestExtendedPrelude(t *testing.T) {
 	}{
 		{"one statement", []msg{{'P', "select 1"}, {'B', "select 1"}, {'E', "select 1"}, {'S', ""}}, "L..."},
 		{"begin first", []msg{{'P', "begin"}, {'B', "begin"}, {'E', "begin"}, {'P', "select 1"}, {'B', "select 1"}, {'E', "select 1"}, {'S', ""}}, "...L..."},
-		{"begin alone", []msg{{'B', "begin"}, {'E', "begin"}, {'S', ""}}, "..L"},
+		{"begin alone", []msg{{'B', "begin"}, {'E', "begin"}, {'S', ""}}, "..."},
 		{"savepoint after begin", []msg{{'B', "begin"}, {'E', "begin"}, {'B', "savepoint a"}}, "..L"},
 		{"after commit", []msg{{'B', "select 1"}, {'E', "commit"}, {'B', "select 1"}, {'E', "select 1"}}, "L.L."},
-		{"after commit and chain", []msg{{'B', "select 1"}, {'E', "commit and chain"}, {'S', ""}}, "L.L"},
+		{"after commit and chain", []msg{{'B', "select 1"}, {'E', "commit and chain"}, {'S', ""}}, "L.."},
 		{"after rollback", []msg{{'B', "select 1"}, {'E', "rollback"}, {'D', "select 1"}}, "L.L"},
 		{"procedure", []msg{{'B', "call p()"}, {'E', "call p()"}, {'B', "select 1"}}, "LSL"},
 		{"procedure in a transaction", []msg{{'B', "begin"}, {'E', "begin"}, {'B', "call p()"}, {'E', "call p()"}, {'B', "select 1"}}, "..L.."},
@@ -373,4 +373,42 @@ func TestResetJudgedFromItsOwnPosition(t *testing.T) {
 			t.Fatal("a reset the server skipped counts as done")
 		}
 	})
+}
+
+// TestResetFirstInBatch: on a server connection that served another
+// client, the hand-over reset goes in front of the client's first batch
+// (its CLOSE ALL must not close a portal the client binds before the
+// prelude), unless the batch begins with BEGIN or SET TRANSACTION, which
+// must come before the snapshot the reset takes; then it goes with the
+// prelude.
+func TestResetFirstInBatch(t *testing.T) {
+	for _, tc := range []struct {
+		first string
+		want  Step
+	}{
+		{"commit", Step{Reset: true}},
+		{"rollback", Step{Reset: true}},
+		{"select 1", Step{Prelude: LocalPrelude, Reset: true}},
+		{"begin", Step{}},
+		{"set transaction isolation level serializable", Step{}},
+	} {
+		tr := New(false)
+		tr.Attach(true)
+		st := sqlscan.Split(tc.first, nil)[0]
+		if got := tr.Extended('P', st.Kind, st.Flags); got != tc.want {
+			t.Errorf("first message %q: %+v, want %+v", tc.first, got, tc.want)
+		}
+		if tc.want.Reset {
+			tr.Sticky() // what the session does once it queued the reset
+		}
+		sel := sqlscan.Split("select 1", nil)[0]
+		got := tr.Extended('P', sel.Kind, sel.Flags)
+		want := Step{Prelude: LocalPrelude, Reset: !tc.want.Reset}
+		if tc.want.Prelude != NoPrelude {
+			want = Step{}
+		}
+		if got != want {
+			t.Errorf("after %q, a select: %+v, want %+v", tc.first, got, want)
+		}
+	}
 }
