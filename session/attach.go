@@ -32,6 +32,7 @@ const (
 	pCheck                                    // login: startup settings checked by the server (*checkState)
 	pDiscardAll                               // the client's DISCARD ALL on its own connection (*pool.Conn)
 	pOwnBind                                  // Bind of one of pgtoken's statements (*pool.Conn)
+	pTxDefaults                               // the transaction defaults set ahead of a client's transaction (txDefaultsRef)
 )
 
 type ownParseRef struct {
@@ -148,6 +149,56 @@ func (s *Session) afterSticky(c *pool.Conn, w stickyWork) {
 	if !w.reset || len(w.replay) > 0 {
 		maps.Copy(c.Params, s.params) // a reset alone leaves c with none
 	}
+}
+
+// txDefaults are the settings Postgres reads when a transaction starts
+// (its isolation, read-only and deferrable modes): a replay inside the
+// transaction comes too late for it.
+var txDefaults = []string{"default_transaction_deferrable", "default_transaction_isolation", "default_transaction_read_only"}
+
+// presetTxDefaults sets, on a server connection the session just got, the
+// client's transaction defaults that c lacks, in a Query of pgtoken's own
+// ahead of the client's first message, so that its first transaction
+// there starts with them, as directly (a client that connected with
+// default_transaction_read_only=on, or SET it, gets a read-only
+// transaction). When c needs the hand-over reset, the reset goes in that
+// Query first (its RESET ALL would undo them), and the client's first
+// transaction waits for it to commit. They are settings anyone may set:
+// the login sets them. Under mu.
+func (s *Session) presetTxDefaults(c *pool.Conn) {
+	reset := s.t.ResetPending()
+	var names []string
+	for _, n := range txDefaults {
+		v, ok := s.params[n]
+		if cur, has := c.Params[n]; ok && (reset || !has || cur != v) {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	var text string
+	if reset {
+		text, _ = stickyWork{reset: true}.resetText()
+		s.srv.obs.ServerReset()
+		s.t.Sticky() // from this Query on: it must commit
+		c.Params = map[string]string{}
+	}
+	beginQuery(c)
+	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pTxDefaults, Ref: txDefaultsRef{c, names}})
+	c.W.Query(text + replayText(names, s.params))
+	if c.Params == nil {
+		c.Params = map[string]string{}
+	}
+	for _, n := range names {
+		c.Params[n] = s.params[n]
+	}
+}
+
+// txDefaultsRef is presetTxDefaults' Query: the names it set on c.
+type txDefaultsRef struct {
+	c     *pool.Conn
+	names []string
 }
 
 // simplePrelude returns the text that goes in front of a client's Query

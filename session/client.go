@@ -225,6 +225,9 @@ func (s *Session) claim() (*pool.Conn, error) {
 	s.waitSyncing()
 	if c := s.conn; c != nil {
 		s.writing = true
+		if !s.t.InTransaction() {
+			s.presetTxDefaults(c) // the client's SET, or session mode's first use
+		}
 		s.mu.Unlock()
 		s.wconn = c
 		return c, nil
@@ -257,6 +260,7 @@ func (s *Session) claim() (*pool.Conn, error) {
 			c.W.Query("SELECT 1")
 		}
 		s.closeStale(c)
+		s.presetTxDefaults(c)
 		s.mu.Unlock()
 		s.wconn = c
 		return c, nil

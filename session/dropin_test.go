@@ -258,3 +258,52 @@ func TestSessionModePrepareWhilePoolBusy(t *testing.T) {
 		t.Fatalf("using it: %v %q", res.Err, res.Rows)
 	}
 }
+
+// A client's transaction defaults (default_transaction_read_only,
+// _isolation, _deferrable), from its startup packet or a SET, hold from
+// its first transaction on a server connection, as directly: Postgres
+// reads them when the transaction starts, before any prelude or replay
+// inside it (pgconn's TestConnectWithValidateConnectTargetSessionAttrsReadWrite).
+// Pool of one, so the connection served another client first.
+func TestTransactionDefaultsHoldFromTheFirstTransaction(t *testing.T) {
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			env := pgtest.Start(t, func(c *config.Config) {
+				c.Pool.Mode = mode
+				c.Pool.Size = 1
+			})
+			other := env.Connect(pgtest.UserToken(t, "bob"))
+			rows(t, other, "select 1")
+			_ = other.Close(context.Background())
+			poolSettles(t, env)
+
+			cfg, err := pgconn.ParseConfig(env.DSN(pgtest.UserToken(t, "alice")) + " default_transaction_read_only=on")
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := pgconn.ConnectConfig(ctx(t), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close(context.Background())
+			if got := rows(t, c, "show transaction_read_only"); got[0][0] != "on" {
+				t.Errorf("startup default_transaction_read_only=on: first transaction read-only = %s", got[0][0])
+			}
+			res := c.ExecParams(ctx(t), "select current_setting('transaction_read_only'), current_user::text", nil, nil, nil, nil).Read()
+			if res.Err != nil || string(res.Rows[0][0]) != "on" || string(res.Rows[0][1]) != "web_user" {
+				t.Errorf("extended protocol: %v %q", res.Err, res.Rows)
+			}
+			rows(t, c, "set default_transaction_read_only = off")
+			rows(t, c, "set default_transaction_isolation = 'serializable'")
+			if mode == "transaction" {
+				other := env.Connect(pgtest.UserToken(t, "bob"))
+				rows(t, other, "select 1") // the connection serves another client in between
+				_ = other.Close(context.Background())
+			}
+			got := rows(t, c, "select current_setting('transaction_isolation'), current_setting('transaction_read_only'), current_user::text")
+			if fmt.Sprint(got[0]) != "[serializable off web_user]" {
+				t.Errorf("after SET default_transaction_isolation: %v", got[0])
+			}
+		})
+	}
+}

@@ -215,6 +215,16 @@ func (s *Session) done(d tracker.Done) {
 		if d.Err != nil && r.c.UnnamedGen == r.st.gen {
 			r.c.UnnamedOwner = 0
 		}
+	case pTxDefaults:
+		if r := d.Ref.(txDefaultsRef); d.Err != nil {
+			// Not set: the replay inside the transaction sets them.
+			for _, n := range r.names {
+				delete(r.c.Params, n)
+			}
+			if d.Err != tracker.ErrLost {
+				s.log.Warn("setting the transaction defaults failed", zap.String("sqlstate", d.Err.Code), zap.String("message", d.Err.Message))
+			}
+		}
 	case pCloseStmt:
 		r := d.Ref.(closeRef)
 		if r.st != nil {
