@@ -44,6 +44,9 @@ type stmtRef struct {
 	c    *pool.Conn
 	st   *clientStmt
 	name string // the client's name for it
+	// again: c had the server statement already, and a Close of it went
+	// first; if the Parse is skipped, so was the Close, and c still has it.
+	again bool
 }
 
 type useRef struct {

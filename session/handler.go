@@ -192,7 +192,9 @@ func (s *Session) done(d tracker.Done) {
 		r := d.Ref.(stmtRef)
 		r.st.unconfirmed = false
 		if d.Err != nil {
-			r.c.Stmts.Remove(r.st.server)
+			if !r.again || d.Err != tracker.ErrSkipped {
+				r.c.Stmts.Remove(r.st.server)
+			}
 			s.forgetStmt(r.name, r.st)
 		} else {
 			r.st.replaced = nil

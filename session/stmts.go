@@ -173,6 +173,7 @@ func (s *Session) clientParse(c *pool.Conn, name string, st *clientStmt) {
 		return
 	}
 	if c.Stmts.Use(st.server, s.batchGen) {
+		ref.again = true
 		c.W.Target('C', 'S', st.server)
 		s.t.Push(tracker.Unit{Kind: tracker.Close, Own: tracker.OwnPrelude})
 	} else {
