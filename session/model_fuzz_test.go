@@ -644,7 +644,7 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 	}
 	checkIdentity(t, h.proxied.Records(), func(i int, r pgmodel.Record) (pgmodel.Identity, bool) {
 		for c := range conns {
-			if strings.Contains(r.SQL, conns[c].tag) {
+			if strings.Contains(r.Src, conns[c].tag) {
 				return h.clients[c].id, true
 			}
 		}

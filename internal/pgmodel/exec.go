@@ -56,7 +56,7 @@ func (b *backend) record(r Record) {
 // note records a statement about to be analysed, planned or run; via is
 // how, stmtName the prepared statement's name (extended protocol).
 func (b *backend) note(via string, s *stmt, stmtName string) {
-	r := Record{Via: via, SQL: s.txt.text(), Stmt: stmtName, Control: s.control()}
+	r := Record{Via: via, SQL: s.txt.text(), Src: s.txt.withComments(), Stmt: stmtName, Control: s.control()}
 	if via == "query" {
 		r.Own = ownStatement(r.SQL)
 	} else {

@@ -272,10 +272,15 @@ type stmtText struct {
 	src    string  // the whole message text (positions are relative to it)
 	toks   []token // the statement's tokens, then tEOF
 	at, to int     // byte range of the statement within src
+	end    int     // where its ';' (or the text) ends: to plus any comment after it
 }
 
 // text returns the statement's own text.
 func (s stmtText) text() string { return s.src[s.at:s.to] }
+
+// withComments returns the statement's text with the comments that follow
+// it before its ';'.
+func (s stmtText) withComments() string { return s.src[s.at:s.end] }
 
 // split cuts the tokens of a whole text into statements at ';', dropping
 // empty ones.
@@ -285,7 +290,7 @@ func split(src string, toks []token) []stmtText {
 	for i, t := range toks {
 		if t.kind == tEOF || t.is(";") {
 			if i > start {
-				st := stmtText{src: src, at: toks[start].at, to: toks[i-1].end}
+				st := stmtText{src: src, at: toks[start].at, to: toks[i-1].end, end: t.at}
 				// The statement ends with its ';' (a syntax error there is
 				// reported at it) or the end of the text.
 				st.toks = toks[start : i+1 : i+1]

@@ -84,6 +84,7 @@ type Record struct {
 	// its COMMIT).
 	Via string
 	SQL string // the statement's text ("lo_creat" and the like for fastpath)
+	Src string // SQL with the comments that follow it (a test's tag)
 	// Stmt is the name of the prepared statement, for the extended
 	// protocol.
 	Stmt string

@@ -86,3 +86,46 @@ func TestBareTransactionAcrossSync(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusedMessageDoomsTheBatch: once pgtoken sent a message sure to fail
+// (a refusal), the server skips the rest of the batch, a Query or
+// FunctionCall included: they neither end the batch nor get a prelude, and
+// the client counts as inside a batch until its Sync, also once the error
+// is in (refusals that follow go to the server, so that the Sync does).
+func TestRefusedMessageDoomsTheBatch(t *testing.T) {
+	sel := sqlscan.Split("select 1", nil)
+	for _, mid := range []string{"query", "funccall"} {
+		tr := attached()
+		tr.Extended('P', sel[0].Kind, 0)
+		tr.Push(Unit{Kind: Bind, Own: OwnPrelude})
+		tr.Push(Unit{Kind: Execute, Own: OwnPrelude})
+		tr.Push(Unit{Kind: Parse})
+		tr.Failing(false)
+		tr.Push(Unit{Kind: Parse})
+		var s Step
+		if mid == "query" {
+			s, _ = tr.Query(sel, nil)
+			tr.Push(Unit{Kind: Query})
+		} else {
+			s = tr.FuncCall()
+			tr.Push(Unit{Kind: Func})
+		}
+		if s != (Step{}) || !tr.InBatch() {
+			t.Fatalf("%s after a refusal: %+v, in batch %v; want nothing, the batch still open", mid, s, tr.InBatch())
+		}
+		feed(t, tr, &pgproto3.BindComplete{}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ParseComplete{},
+			&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42601", Message: "syntax error"})
+		if !tr.Skipping() || !tr.InTransaction() {
+			t.Fatalf("%s: after the error: skipping %v, in transaction %v", mid, tr.Skipping(), tr.InTransaction())
+		}
+		if out := tr.Answer(nil, []byte("x"), true, 0, nil); len(out) != 0 {
+			t.Fatalf("%s: a local answer to a Query while the server skips: %q, want none", mid, out)
+		}
+		tr.Extended('S', 0, 0)
+		tr.Push(Unit{Kind: Sync})
+		feed(t, tr, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+		if tr.InTransaction() || tr.Skipping() || !tr.Idle() {
+			t.Fatalf("%s: after the Sync: in transaction %v, skipping %v, idle %v", mid, tr.InTransaction(), tr.Skipping(), tr.Idle())
+		}
+	}
+}

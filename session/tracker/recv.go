@@ -59,7 +59,8 @@ func (t *Tracker) Push(u Unit) {
 // the message).
 func (t *Tracker) Answer(out, b []byte, rfq bool, purpose Purpose, ref any) []byte {
 	if t.q.len() == 0 {
-		if t.skipping && !rfq {
+		if t.skipping {
+			// Postgres ignores the message (a Query too) until Sync.
 			if purpose != 0 {
 				t.done = append(t.done, Done{Purpose: purpose, Ref: ref, Err: ErrSkipped})
 			}

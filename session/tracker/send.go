@@ -94,7 +94,7 @@ func (t *Tracker) boundary() (p position, wait bool) {
 // transaction open without it. The state moves on as if the Query was
 // sent.
 func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
-	if t.skipping {
+	if t.skipping || t.doomed {
 		return Step{}, cuts // the server ignores it until Sync, as it would directly
 	}
 	p, fails := t.cur, t.fails
@@ -161,7 +161,7 @@ func (t *Tracker) endSync(p position, fails state) {
 		success = p.st // open, or bare when nothing ran since BEGIN
 	}
 	t.poss = success | fails
-	t.inBatch = false
+	t.inBatch, t.doomed = false, false
 	t.fails = 0
 }
 
@@ -173,7 +173,7 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 	if typ == 'H' {
 		return Step{}
 	}
-	if t.skipping {
+	if t.skipping || t.doomed {
 		// The server skips everything until the client's Sync, which
 		// ends the batch (failed: its ReadyForQuery tells where).
 		if typ == 'S' && t.inBatch {
@@ -252,7 +252,7 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 // client goroutine must wait for the answer (Barrier) in case pgtoken owes
 // a Sync.
 func (t *Tracker) FuncCall() Step {
-	if t.skipping {
+	if t.skipping || t.doomed {
 		return Step{}
 	}
 	p, fails := t.cur, t.fails
@@ -313,7 +313,7 @@ func (t *Tracker) MayBeIdle() bool { return !t.inBatch && t.poss&none != 0 }
 // alone; an extended-protocol message makes the server skip the rest of
 // its batch.
 func (t *Tracker) Failing(simple bool) Step {
-	if t.skipping {
+	if t.skipping || t.doomed {
 		return Step{}
 	}
 	if !t.inBatch {
@@ -333,5 +333,6 @@ func (t *Tracker) Failing(simple bool) Step {
 		return Step{}
 	}
 	t.fails |= t.cur.failState()
+	t.doomed = true
 	return Step{}
 }

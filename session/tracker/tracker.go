@@ -114,6 +114,7 @@ type Tracker struct {
 	fails   state    // where an error in the current batch would leave it
 	poss    state    // where the server may stand once everything sent is answered
 	drop    bool     // the client's batch failed locally: its messages are dropped until Sync
+	doomed  bool     // a message sure to fail was sent in the current batch: the server will skip the rest until Sync
 	reset   bool     // the server connection may hold another client's (or unknown) state
 
 	// Receive side: the server's answers.
@@ -174,7 +175,7 @@ func (t *Tracker) restart(err *wire.Error, attached bool) {
 	t.clearQueue(err)
 	t.attached = attached
 	t.status, t.poss = 'I', none
-	t.inBatch, t.fails = false, 0
+	t.inBatch, t.fails, t.doomed = false, 0, false
 	t.skipping, t.syncOwed = false, false
 	t.cmpl, t.errored = 0, false
 	t.reset, t.sticky, t.doubt = false, false, false
@@ -227,8 +228,8 @@ func (t *Tracker) SyncOwed() bool { return t.syncOwed }
 // in flight are in, inside a transaction (or a batch), as the client sees
 // it: pgtoken's own upkeep does not count.
 func (t *Tracker) InTransaction() bool {
-	if t.inBatch || t.drop {
-		return true
+	if t.inBatch || t.drop || t.skipping {
+		return true // a batch the server skips is open until the client's Sync
 	}
 	if !t.attached {
 		return false
