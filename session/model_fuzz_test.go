@@ -449,6 +449,12 @@ type fuzzConn struct {
 	pid       int32
 	owed      int  // messages the direct connection owes, from its last state
 	open      bool // directly: a batch or transaction is in progress
+	// unsynced: extended messages were sent since the last sync point. A
+	// pooler holds the server connection until the batch's Sync (as
+	// PgBouncer does, until ReadyForQuery), even when the server has no
+	// transaction open (after an Execute of COMMIT), so the clients hand
+	// over only after it.
+	unsynced bool
 	got, want []string
 }
 
@@ -734,7 +740,16 @@ func (h *fuzzHarness) step(t *testing.T, c *fuzzConn, msgs []pgproto3.FrontendMe
 			want = append(want, s)
 		}
 	}
-	c.owed, c.open = st.Owed, st.Open || st.Status != 'I'
+	for _, m := range msgs {
+		switch m.(type) {
+		case *pgproto3.Sync, *pgproto3.Query, *pgproto3.FunctionCall:
+			c.unsynced = false
+		case *pgproto3.Flush:
+		default:
+			c.unsynced = true
+		}
+	}
+	c.owed, c.open = st.Owed, st.Open || st.Status != 'I' || c.unsynced
 	c.want = append(c.want, want...)
 
 	fe := c.through.Frontend()
