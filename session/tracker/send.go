@@ -105,13 +105,20 @@ func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
 		}
 		fails = 0
 	}
-	if !t.inBatch && len(stmts) == 1 && p.st == none && (stmts[0].Kind == sqlscan.KindCall || stmts[0].Kind == sqlscan.KindDo) {
+	if len(stmts) == 1 && !p.explicit && (stmts[0].Kind == sqlscan.KindCall || stmts[0].Kind == sqlscan.KindDo) {
 		// A procedure alone in a Query runs outside any transaction
-		// block, so it may commit: the identity goes for the session,
-		// in front of the Query, not into its text (two statements in
-		// one Query make a transaction block, where COMMIT fails).
-		t.endSync(position{st: none}, none)
-		return Step{Prelude: SessionPrelude, Reset: t.resetDue()}, cuts
+		// block (the implicit transaction of a batch it ends is none),
+		// so it may commit, and what it runs after its COMMIT would
+		// run without a prelude inside the transaction: the identity
+		// goes for the session, in front of the Query, not into its
+		// text (two statements in one Query make a transaction block,
+		// where COMMIT fails). Mid-batch too.
+		reset := t.resetDue()
+		if t.inBatch {
+			reset = t.reset
+		}
+		t.endSync(position{st: none}, t.fails|p.failState())
+		return Step{Prelude: SessionPrelude, Reset: reset, Barrier: true}, cuts
 	}
 	var s Step
 	owed := p.needsPrelude()
