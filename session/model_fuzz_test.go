@@ -454,7 +454,7 @@ type fuzzConn struct {
 	// PgBouncer does, until ReadyForQuery), even when the server has no
 	// transaction open (after an Execute of COMMIT), so the clients hand
 	// over only after it.
-	unsynced bool
+	unsynced  bool
 	got, want []string
 }
 
