@@ -33,6 +33,7 @@ const (
 	pDiscardAll                               // the client's DISCARD ALL on its own connection (*pool.Conn)
 	pOwnBind                                  // Bind of one of pgtoken's statements (*pool.Conn)
 	pTxDefaults                               // the transaction defaults set ahead of a client's transaction (txDefaultsRef)
+	pResetAhead                               // the hand-over reset as a Query of its own (*pool.Conn)
 )
 
 type ownParseRef struct {
@@ -152,6 +153,24 @@ func (s *Session) afterSticky(c *pool.Conn, w stickyWork) {
 	if !w.reset || len(w.replay) > 0 {
 		maps.Copy(c.Params, s.params) // a reset alone leaves c with none
 	}
+}
+
+// resetAhead sends the hand-over reset as a Query of pgtoken's own, in a
+// transaction of its own ahead of the client's batch (which begins with
+// BEGIN or SET TRANSACTION, so the reset may not share its transaction). It
+// must commit before the client's next sync point relies on it (Sticky);
+// if it fails, the server connection is dropped: the client's batch, sent
+// behind it, must not run on a connection that may hold another client's
+// state. Under mu.
+func (s *Session) resetAhead(c *pool.Conn) {
+	s.noteOwnConn()
+	w := stickyWork{reset: true, settingsOnly: s.ownConn}
+	text, _ := w.resetText()
+	s.t.Sticky() // from this Query on
+	beginQuery(c)
+	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pResetAhead, Ref: c})
+	c.W.Query(text)
+	s.afterSticky(c, w)
 }
 
 // txDefaults are the settings Postgres reads when a transaction starts

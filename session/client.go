@@ -532,7 +532,7 @@ func (s *Session) onQuery(frame []byte) error {
 // with it (under mu).
 func (s *Session) newUnit(step tracker.Step) {
 	s.batchGen++
-	if step.Prelude != tracker.NoPrelude {
+	if step.Fresh {
 		clear(s.portals)
 		s.unnamedPortalLive = false
 	}

@@ -479,6 +479,9 @@ func (s *Session) portal(name []byte) *clientStmt {
 // reaches the client, and the server skips the client's messages up to
 // Sync. Under mu.
 func (s *Session) extendedPrelude(c *pool.Conn, step tracker.Step, keepPortal bool) {
+	if step.ResetAhead {
+		s.resetAhead(c)
+	}
 	if step.Prelude == tracker.NoPrelude {
 		if step.Reset {
 			// The reset alone: the settings replay comes with the

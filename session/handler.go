@@ -217,6 +217,11 @@ func (s *Session) done(d tracker.Done) {
 		if d.Err != nil && r.c.UnnamedGen == r.st.gen {
 			r.c.UnnamedOwner = 0
 		}
+	case pResetAhead:
+		if c := d.Ref.(*pool.Conn); d.Err != nil && !lost && s.conn == c {
+			s.log.Warn("the hand-over reset failed; dropping the server connection", zap.String("sqlstate", d.Err.Code), zap.String("message", d.Err.Message))
+			s.letGo(c, true)
+		}
 	case pTxDefaults:
 		if r := d.Ref.(txDefaultsRef); d.Err != nil {
 			// Not set: the replay inside the transaction sets them.

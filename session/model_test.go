@@ -198,8 +198,20 @@ func TestPortalsOnConnectionOfAnotherClient(t *testing.T) {
 			&pgproto3.Execute{}, &pgproto3.Sync{}},
 			[]string{"ParseComplete", "BindComplete", "ParseComplete", "CommandComplete COMMIT", "BindComplete",
 				"DataRow web_user|alice", "CommandComplete SELECT 1", "ReadyForQuery I"}},
+		// BEGIN's portal lives on after the Sync (its transaction does);
+		// executing it again fails as directly, with 55000, not 34000.
+		{"begin bound in the batch before", []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "begin"}, &pgproto3.Bind{},
+			&pgproto3.Execute{}, &pgproto3.Sync{}, &pgproto3.Parse{Name: "s", Query: who}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+			[]string{"ParseComplete", "BindComplete", "CommandComplete BEGIN", "ReadyForQuery T", "ParseComplete",
+				`ErrorResponse 55000 portal "" cannot be run position=0`, "ReadyForQuery E"}},
 	} {
-		sc := &scenario.Scenario{Name: tc.name, Blocks: []scenario.Block{{Kind: "send", Msgs: tc.msgs}, {Kind: "until", N: 1}}}
+		n := 0
+		for _, m := range tc.msgs {
+			if _, ok := m.(*pgproto3.Sync); ok {
+				n++
+			}
+		}
+		sc := &scenario.Scenario{Name: tc.name, Blocks: []scenario.Block{{Kind: "send", Msgs: tc.msgs}, {Kind: "until", N: n}}}
 		check := func(t *testing.T, env *pgtest.Env) {
 			bob := env.Connect(pgtest.UserToken(t, "bob"))
 			rows(t, bob, "select 1") // the pool's one server connection served bob

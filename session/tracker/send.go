@@ -31,6 +31,13 @@ type Step struct {
 	// Barrier: after sending, wait until this message is answered (or
 	// known to be skipped) before reading the client again.
 	Barrier bool
+	// ResetAhead: the hand-over reset goes as a Query of its own in
+	// front of the message (which it must not share a transaction with).
+	ResetAhead bool
+	// Fresh: the message (the first of a batch, a Query or a
+	// FunctionCall) comes where the server has no transaction open: the
+	// portals of the one before are gone.
+	Fresh bool
 }
 
 // runsCode reports whether a statement of this kind may run code or
@@ -105,6 +112,7 @@ func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
 		}
 		fails = 0
 	}
+	fresh := p.st == none
 	if len(stmts) == 1 && !p.explicit && (stmts[0].Kind == sqlscan.KindCall || stmts[0].Kind == sqlscan.KindDo) {
 		// A procedure alone in a Query runs outside any transaction
 		// block (the implicit transaction of a batch it ends is none),
@@ -118,9 +126,9 @@ func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
 			reset = t.reset
 		}
 		t.endSync(position{st: none}, t.fails|p.failState())
-		return Step{Prelude: SessionPrelude, Reset: reset, Barrier: true}, cuts
+		return Step{Prelude: SessionPrelude, Reset: reset, Barrier: true, Fresh: fresh}, cuts
 	}
-	var s Step
+	s := Step{Fresh: fresh}
 	owed := p.needsPrelude()
 	owe := func(i int) {
 		if i == 0 {
@@ -195,13 +203,19 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 			return Step{Wait: true}
 		}
 		t.inBatch, t.cur, t.fails = true, p, 0
-		if p.st == none && t.reset && typ != 'S' && k != sqlscan.KindBegin && k != sqlscan.KindSetTransaction {
+		s.Fresh = p.st == none
+		if p.st == none && t.reset && typ != 'S' {
 			// The hand-over reset goes first, before the client binds
-			// a portal its CLOSE ALL would close (a COMMIT bound before
-			// the statement that brings the prelude). Not in front of
-			// a BEGIN or SET TRANSACTION: it takes a snapshot, and SET
-			// TRANSACTION must come before any.
-			s.Reset = true
+			// a portal its CLOSE ALL would close (a COMMIT, or a BEGIN,
+			// bound before the statement that brings the prelude). In
+			// front of a BEGIN or SET TRANSACTION it goes as a Query of
+			// its own: it takes a snapshot, and SET TRANSACTION must
+			// come before any in its transaction.
+			if k == sqlscan.KindBegin || k == sqlscan.KindSetTransaction {
+				s.ResetAhead = true
+			} else {
+				s.Reset = true
+			}
 		}
 	}
 	c := &t.cur
@@ -270,7 +284,7 @@ func (t *Tracker) FuncCall() Step {
 		}
 		fails = 0
 	}
-	var s Step
+	s := Step{Fresh: p.st == none}
 	if p.needsPrelude() {
 		s.Prelude, s.Reset, s.Barrier = LocalPrelude, t.reset, true
 		fails |= p.failState()

@@ -378,9 +378,8 @@ func TestResetJudgedFromItsOwnPosition(t *testing.T) {
 // TestResetFirstInBatch: on a server connection that served another
 // client, the hand-over reset goes in front of the client's first batch
 // (its CLOSE ALL must not close a portal the client binds before the
-// prelude), unless the batch begins with BEGIN or SET TRANSACTION, which
-// must come before the snapshot the reset takes; then it goes with the
-// prelude.
+// prelude); in front of a BEGIN or SET TRANSACTION, which must come before
+// the snapshot the reset takes, as a Query of its own.
 func TestResetFirstInBatch(t *testing.T) {
 	for _, tc := range []struct {
 		first string
@@ -389,21 +388,26 @@ func TestResetFirstInBatch(t *testing.T) {
 		{"commit", Step{Reset: true}},
 		{"rollback", Step{Reset: true}},
 		{"select 1", Step{Prelude: LocalPrelude, Reset: true}},
-		{"begin", Step{}},
-		{"set transaction isolation level serializable", Step{}},
+		{"begin", Step{ResetAhead: true}},
+		{"set transaction isolation level serializable", Step{ResetAhead: true}},
 	} {
 		tr := New(false)
 		tr.Attach(true)
 		st := sqlscan.Split(tc.first, nil)[0]
-		if got := tr.Extended('P', st.Kind, st.Flags); got != tc.want {
+		got := tr.Extended('P', st.Kind, st.Flags)
+		if !got.Fresh {
+			t.Errorf("first message %q: not Fresh, though no transaction was open", tc.first)
+		}
+		if got.Fresh = false; got != tc.want {
 			t.Errorf("first message %q: %+v, want %+v", tc.first, got, tc.want)
 		}
-		if tc.want.Reset {
+		sent := tc.want.Reset || tc.want.ResetAhead
+		if sent {
 			tr.Sticky() // what the session does once it queued the reset
 		}
 		sel := sqlscan.Split("select 1", nil)[0]
-		got := tr.Extended('P', sel.Kind, sel.Flags)
-		want := Step{Prelude: LocalPrelude, Reset: !tc.want.Reset}
+		got = tr.Extended('P', sel.Kind, sel.Flags)
+		want := Step{Prelude: LocalPrelude, Reset: !sent}
 		if tc.want.Prelude != NoPrelude {
 			want = Step{}
 		}
