@@ -474,8 +474,15 @@ func (s *Server) terminateWith(c *client, e *wire.Error) {
 	_ = sess.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	sess.mu.Lock()
 	sess.out.buf = wire.AppendError(sess.out.buf, e)
+	// A flusher at work (the client goroutine, or the server reader's)
+	// writes the FATAL after what it has; the socket closes only once it
+	// is through, or the FATAL could be lost (its write deadline bounds
+	// the wait; the lock is not held across it).
+	for sess.out.flushing {
+		sess.cond.Wait()
+	}
+	_ = sess.flushLocked(false)
 	sess.mu.Unlock()
-	_ = sess.flushClient()
 	_ = sess.nc.Close()
 	sess.log.Info("client terminated", zap.String("reason", e.Message))
 }
