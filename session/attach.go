@@ -147,6 +147,7 @@ func (s *Session) afterSticky(c *pool.Conn, w stickyWork) {
 	}
 	if w.reset {
 		s.srv.obs.ServerReset()
+		c.IdentityOf = 0 // the reset sets the role to none
 	}
 	s.t.Sticky()
 	c.Params = map[string]string{}
@@ -171,6 +172,42 @@ func (s *Session) resetAhead(c *pool.Conn) {
 	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pResetAhead, Ref: c})
 	c.W.Query(text)
 	s.afterSticky(c, w)
+}
+
+// identityAhead sets the client's role and claims for the session, with
+// the hand-over reset first when due and the client's settings after, in a
+// Query of pgtoken's own committed ahead of a batch that runs a procedure:
+// a procedure that rolls back its transaction then falls back to this
+// client's identity, not to the login or to another client's state. If it
+// fails, the server connection is dropped. The identity stays for the
+// session until the next reset. Under mu.
+func (s *Session) identityAhead(c *pool.Conn, reset bool) {
+	if !reset && c.IdentityOf == uint64(s.id) {
+		return
+	}
+	w := s.stickyWork(c, reset)
+	var text string
+	if w.reset {
+		text, _ = w.resetText()
+		s.t.Sticky() // from this Query on
+	}
+	text += s.pre.sessionSet()
+	if len(w.replay) > 0 {
+		text += replayText(w.replay, w.values)
+	}
+	beginQuery(c)
+	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pResetAhead, Ref: c})
+	c.W.Query(text)
+	s.afterSticky(c, w)
+	c.IdentityOf = uint64(s.id)
+}
+
+// errProcedureMidBatch refuses a procedure that pgtoken cannot keep the
+// client's identity under.
+func errProcedureMidBatch() *wire.Error {
+	return wire.Errorf(wire.CodeFeatureNotSupported,
+		"pgtoken runs a procedure (CALL or DO) outside a transaction block only first in its batch, or after one that was: "+
+			"if it rolled back, what it runs next would not have the client's identity").WithHint("Send it in a batch of its own (after a Sync), or inside BEGIN ... COMMIT.")
 }
 
 // txDefaults are the settings Postgres reads when a transaction starts

@@ -445,13 +445,11 @@ func (s *Session) onQuery(frame []byte) error {
 		}
 	}
 	var step tracker.Step
-	var midBatch bool
 	for {
 		if s.conn != c {
 			s.mu.Unlock()
 			return s.localError(errLost(), true)
 		}
-		midBatch = s.t.InBatch()
 		step, s.cuts = s.t.Query(stmts, s.cuts[:0])
 		if !step.Wait {
 			break
@@ -464,19 +462,14 @@ func (s *Session) onQuery(frame []byte) error {
 	}
 	s.newUnit(step)
 	s.closeStale(c)
-	if step.Prelude == tracker.SessionPrelude && !midBatch || step.Prelude == tracker.LocalPrelude && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
+	if step.Prelude == tracker.SessionPrelude || step.Prelude == tracker.LocalPrelude && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
+		// A procedure alone in a Query (also in the middle of a batch,
+		// whose transaction the identity's own Query then ends): the
+		// identity is committed for the session before it runs, so a
+		// procedure that rolls back falls back to it.
 		return s.outsideTransaction(c, frame, step) // releases mu
 	}
 	u := tracker.Unit{Kind: tracker.Query}
-	if step.Prelude == tracker.SessionPrelude {
-		// A procedure alone in a Query in the middle of a batch: the
-		// identity for the session goes as bound statements in the
-		// batch's transaction, which the Query ends; if they fail, the
-		// server ignores the Query and pgtoken owes the client a Sync.
-		s.extendedPrelude(c, step, false)
-		step = tracker.Step{}
-		u.Barrier = true
-	}
 	if r.stmt.st != nil {
 		u.NoPosition = true
 		switch {

@@ -107,6 +107,20 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 	if step.Prelude != tracker.NoPrelude && s.expired() {
 		return errTokenExpired()
 	}
+	if step.IdentityAhead {
+		s.identityAhead(c, step.ResetAhead)
+		step.IdentityAhead, step.ResetAhead, step.Reset = false, false, false
+	}
+	if step.NeedIdentity && c.IdentityOf != uint64(s.id) {
+		// A procedure in the middle of a batch that did not begin with
+		// one: if it rolls back, what it runs next falls back to what
+		// was committed before the batch, which is not this client's
+		// identity. Fail closed; the server skips the rest of the batch.
+		s.t.Failing(false)
+		s.t.Push(tracker.Unit{Kind: tracker.Parse, Rewrite: errProcedureMidBatch()})
+		c.W.Parse(refusedName, refusedText, nil)
+		return nil
+	}
 	// The prelude must not take the unnamed portal from a message that
 	// uses it: one that looked live when the message was read may have
 	// ended with its transaction since (newUnit), and then the server must

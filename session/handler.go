@@ -321,5 +321,6 @@ func wipe(c *pool.Conn) {
 	clear(c.Prepared)
 	clear(c.Params)
 	c.UnnamedOwner = 0
+	c.IdentityOf = 0
 	c.Stale = c.Stale[:0]
 }

@@ -64,6 +64,7 @@ func (s *Session) outsideTransaction(c *pool.Conn, frame []byte, step tracker.St
 	beginQuery(c)
 	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pOutsideReset, Ref: c})
 	c.W.Query(s.pre.sessionReset())
+	c.IdentityOf = 0
 	return nil
 }
 

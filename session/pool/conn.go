@@ -62,6 +62,11 @@ type Conn struct {
 	// and that session's Parse generation) the conn holds. Owned by the
 	// holder of the conn.
 	UnnamedOwner, UnnamedGen uint64
+	// IdentityOf is the session whose role and claims are set for the
+	// session on the server (committed, by a Query of pgtoken's own ahead
+	// of a procedure), 0 for none: a procedure that rolls back its
+	// transaction falls back to it. Owned by the holder.
+	IdentityOf uint64
 	// Owner is the session whose state the conn may hold (settings,
 	// temporary objects, locks, ...): 0 for none (a new conn), or
 	// OwnerUnknown. Another session resets it first. Owned by the holder.

@@ -34,6 +34,17 @@ type Step struct {
 	// ResetAhead: the hand-over reset goes as a Query of its own in
 	// front of the message (which it must not share a transaction with).
 	ResetAhead bool
+	// IdentityAhead: the message begins a batch that runs a procedure (a
+	// CALL or DO outside a transaction block): the client's identity goes
+	// for the session, committed in a Query of its own ahead of the batch
+	// (with the reset, when due), so that a procedure that rolls back its
+	// transaction falls back to it rather than to what was committed
+	// before.
+	IdentityAhead bool
+	// NeedIdentity: the message runs a procedure in the middle of a batch
+	// that did not begin with it: it may go only if the client's identity
+	// is already committed for the session on the connection.
+	NeedIdentity bool
 	// Fresh: the message (the first of a batch, a Query or a
 	// FunctionCall) comes where the server has no transaction open: the
 	// portals of the one before are gone.
@@ -204,7 +215,9 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 		}
 		t.inBatch, t.cur, t.fails = true, p, 0
 		s.Fresh = p.st == none
-		if p.st == none && t.reset && typ != 'S' {
+		if p.st == none && typ != 'S' && typ != 'C' && (k == sqlscan.KindCall || k == sqlscan.KindDo) {
+			s.IdentityAhead, s.ResetAhead = true, t.reset
+		} else if p.st == none && t.reset && typ != 'S' {
 			// The hand-over reset goes first, before the client binds
 			// a portal its CLOSE ALL would close (a COMMIT, or a BEGIN,
 			// bound before the statement that brings the prelude). In
@@ -242,6 +255,7 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 	}
 	if typ == 'E' && (k == sqlscan.KindCall || k == sqlscan.KindDo) && !c.explicit {
 		s.Prelude, s.Reset = SessionPrelude, s.Reset || t.reset
+		s.NeedIdentity = true
 		c.st = open
 	}
 	if c.st == none {
