@@ -65,6 +65,9 @@ func TestAttackRollbackProcedureExtended(t *testing.T) {
 		}{
 			{"call-alone", msgs(pbe("call api.rollback_between('call-alone')"), syncMsg)},
 			{"call-after-select", msgs(pbe("select 1"), pbe("call api.rollback_between('call-after-select')"), syncMsg)},
+			{"call-after-commit", msgs(pbe("begin"), pbe("select 1"), pbe("commit"), pbe("call api.rollback_between('call-after-commit')"), syncMsg)},
+			{"query-mid-batch", msgs(pbe("select 1"), query("call api.rollback_between('query-mid-batch')"), syncMsg)},
+			{"simple-call-alone", msgs(query("call api.rollback_between('simple-call-alone')"))},
 		} {
 			t.Run(v.name, func(t *testing.T) {
 				rp := r.exchange(v.ms)
