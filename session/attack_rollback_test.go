@@ -91,19 +91,31 @@ func TestAttackRollbackProcedureRestoresPreviousClient(t *testing.T) {
 	eachAttackEnvOf(t, attackSetups, []string{"transaction"}, nil, func(t *testing.T, a *atk) {
 		a.superuser(rollbackProcSQL)
 		alice := a.raw(t, a.token("web_user", "alice", "email", "alice@example.com"))
-		rp := alice.exchange(msgs(pbe("call api.commit_between('alice')"), pbe("select api.remember('app.x', 'alice-secret')"), syncMsg))
-		if len(rp.errs) > 0 {
-			t.Fatalf("alice: %q", rp.codes())
-		}
 		mallory := a.raw(t, a.token("web_user", "mallory"))
-		rp = mallory.exchange(msgs(pbe("call api.rollback_between('m1')"), syncMsg))
-		checkRollbackBetween(t, a, "m1", "web_user", "mallory", rp)
-		rp = mallory.exchange(msgs(query(probeSQL + "; select 'left', coalesce(current_setting('jwt.claims.email', true), '<none>'), coalesce(current_setting('app.x', true), '<none>')")))
-		a.checkIdents(t, "mallory's next query", rp.rows, "web_user", "mallory")
-		for _, row := range rp.rows {
-			if len(row) == 3 && row[0] == "left" && (row[1] != "<none>" && row[1] != "" || row[2] != "<none>" && row[2] != "") {
-				t.Errorf("LEAK: mallory's next transaction sees alice's jwt.claims.email=%q app.x=%q", row[1], row[2])
-			}
+		for _, v := range []struct {
+			name string
+			ms   func(call string) []pgproto3.FrontendMessage
+		}{
+			{"extended", func(c string) []pgproto3.FrontendMessage { return msgs(pbe(c), syncMsg) }},
+			{"query-mid-batch", func(c string) []pgproto3.FrontendMessage { return msgs(pbe("select 1"), query(c), syncMsg) }},
+			{"simple-alone", func(c string) []pgproto3.FrontendMessage { return msgs(query(c)) }},
+		} {
+			t.Run(v.name, func(t *testing.T) {
+				rp := alice.exchange(msgs(pbe("call api.commit_between('alice-"+v.name+"')"), pbe("select api.remember('app.x', 'alice-secret')"), syncMsg))
+				if len(rp.errs) > 0 {
+					t.Fatalf("alice: %q", rp.codes())
+				}
+				tag := "m-" + v.name
+				rp = mallory.exchange(v.ms("call api.rollback_between('" + tag + "')"))
+				checkRollbackBetween(t, a, tag, "web_user", "mallory", rp)
+				rp = mallory.exchange(msgs(query(probeSQL + "; select 'left', coalesce(current_setting('jwt.claims.email', true), '<none>'), coalesce(current_setting('app.x', true), '<none>')")))
+				a.checkIdents(t, "mallory's next query", rp.rows, "web_user", "mallory")
+				for _, row := range rp.rows {
+					if len(row) == 3 && row[0] == "left" && (row[1] != "<none>" && row[1] != "" || row[2] != "<none>" && row[2] != "") {
+						t.Errorf("LEAK: mallory's next transaction sees alice's jwt.claims.email=%q app.x=%q", row[1], row[2])
+					}
+				}
+			})
 		}
 	})
 }
