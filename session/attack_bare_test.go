@@ -95,3 +95,44 @@ func TestAttackBareBeginAcrossSync(t *testing.T) {
 		a.nextClientClean(t, "web_user", "bob", "", cleanOpts{})
 	})
 }
+
+// TestAttackPipelinedResetRolledBack: transaction mode; alice leaves
+// app.x; mallory's first batches on the connection come in one write,
+// without waiting: the reset goes into a transaction mallory then rolls
+// back (ROLLBACK, ROLLBACK AND CHAIN, COMMIT of a failed transaction, an
+// error in the batch), and the batches after must neither see app.x nor
+// run as anyone but mallory.
+func TestAttackPipelinedResetRolledBack(t *testing.T) {
+	eachAttackEnvOf(t, attackSetups, []string{"transaction"}, nil, func(t *testing.T, a *atk) {
+		other := a.connect(t, a.token("web_user", "alice"))
+		r := a.raw(t, a.token("web_user", "mallory"))
+		probe := msgs(pbe(probeSQL), pbe(leftSQL), syncMsg)
+		for _, v := range []struct {
+			name string
+			ms   []pgproto3.FrontendMessage
+		}{
+			{"close-begin-sync-rollback", msgs(&pgproto3.Close{ObjectType: 'P', Name: "x"}, pbe("begin"), syncMsg, probe, query("rollback"), probe, query(probeSQL+"; "+leftSQL))},
+			{"close-begin-rollback-chain", msgs(&pgproto3.Close{ObjectType: 'P', Name: "x"}, pbe("begin"), pbe("rollback and chain"), syncMsg, probe, query("rollback"), probe)},
+			{"query-begin-error-commit", msgs(query("begin; "+probeSQL), query("select 1/0"), query("commit"), probe)},
+			{"extended-error-after-reset", msgs(pbe(probeSQL), pbe("select 1/0"), syncMsg, probe)},
+			{"flush-pipelined", msgs(pbe("begin"), flushMsg, pbe(probeSQL), flushMsg, pbe("rollback"), syncMsg, probe)},
+			{"describe-first-rollback", msgs(&pgproto3.Parse{Name: "atk_p", Query: probeSQL}, &pgproto3.Describe{ObjectType: 'S', Name: "atk_p"}, pbe("begin"), pbe("rollback"), syncMsg, probe, &pgproto3.Close{ObjectType: 'S', Name: "atk_p"}, syncMsg)},
+		} {
+			t.Run(v.name, func(t *testing.T) {
+				if _, err := simpleRows(t, other, "select api.remember('app.x', 'alice-secret')"); err != nil {
+					t.Fatal(err)
+				}
+				rp := r.exchange(v.ms)
+				t.Logf("errors %q, %d probes", rp.codes(), len(identsOf(rp.rows)))
+				if len(identsOf(rp.rows)) == 0 {
+					t.Errorf("no probe ran")
+				}
+				a.checkIdents(t, v.name, rp.rows, "web_user", "mallory")
+				checkNothingLeft(t, v.name, rp.rows)
+				rp = r.exchange(msgs(query("rollback"), query(probeSQL+"; "+leftSQL)))
+				a.checkIdents(t, v.name+", after", rp.rows, "web_user", "mallory")
+				checkNothingLeft(t, v.name+", after", rp.rows)
+			})
+		}
+	})
+}
