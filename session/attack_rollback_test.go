@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtoken/pgtoken/internal/config"
 )
 
 // rollbackProcSQL is an owner procedure that rolls back between two log
@@ -116,6 +118,34 @@ func TestAttackRollbackProcedureRestoresPreviousClient(t *testing.T) {
 					}
 				}
 			})
+		}
+	})
+}
+
+// TestAttackRollbackDoBlock (FAILS at the time of writing): with
+// guard.allow_do, the attacker writes the procedure itself: a DO block
+// that ROLLBACKs (Parse/Bind/Execute/Sync) runs the rest of its body as
+// the previous client (transaction mode: alice's identity for the
+// session, from her own procedure call) and reads what row-level
+// security shows her.
+func TestAttackRollbackDoBlock(t *testing.T) {
+	eachAttackEnvOf(t, attackSetups, []string{"transaction"}, func(c *config.Config) { c.Guard.AllowDo = true }, func(t *testing.T, a *atk) {
+		alice := a.raw(t, a.token("web_user", "alice"))
+		if rp := alice.exchange(msgs(pbe("call api.commit_between('alice-do')"), syncMsg)); len(rp.errs) > 0 {
+			t.Fatalf("alice: %q", rp.codes())
+		}
+		mallory := a.raw(t, a.token("web_user", "mallory"))
+		do := `do $$ begin rollback; insert into api.attack_log(tag) select 'do:' || coalesce(string_agg(owner, ','), '') from api.todos; end $$`
+		rp := mallory.exchange(msgs(pbe(do), syncMsg))
+		rows := a.logRows("do:")
+		t.Logf("errors %q, rows %q", rp.codes(), rows)
+		for _, r := range rows {
+			if r[1] != "web_user" || r[2] != "mallory" {
+				t.Errorf("LEAK: mallory's DO block ran after its ROLLBACK as current_user=%s sub=%s and saw todos of %q", r[1], r[2], r[0])
+			}
+		}
+		if len(rows) == 0 && len(rp.errs) == 0 {
+			t.Errorf("the DO block wrote nothing and reported nothing")
 		}
 	})
 }
