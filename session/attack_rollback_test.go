@@ -149,3 +149,29 @@ func TestAttackRollbackDoBlock(t *testing.T) {
 		}
 	})
 }
+
+// TestAttackRollbackDoBlockSetRole: with guard.allow_do, a DO block that
+// ROLLBACKs and then builds SET ROLE at run time: after the ROLLBACK it
+// runs as the upstream login (or the previous client), for which a SET
+// ROLE to any token role may succeed.
+func TestAttackRollbackDoBlockSetRole(t *testing.T) {
+	eachAttackEnvOf(t, attackSetups, attackModes, func(c *config.Config) { c.Guard.AllowDo = true }, func(t *testing.T, a *atk) {
+		mallory := a.raw(t, a.token("web_user", "mallory"))
+		for _, v := range []struct{ name, body string }{
+			{"set-role-built", `begin rollback; execute reverse('nimda_bew ELOR TES'); insert into api.attack_log(tag) values ('do2:set-role-built'); end`},
+			{"set-config-built", `begin rollback; execute 'select se'||'t_config($1, $2, false)' using 'ro'||'le', 'web_admin'; insert into api.attack_log(tag) values ('do2:set-config-built'); end`},
+			{"no-rollback-set-role-built", `begin execute reverse('nimda_bew ELOR TES'); insert into api.attack_log(tag) values ('do2:no-rollback'); end`},
+		} {
+			t.Run(v.name, func(t *testing.T) {
+				rp := mallory.exchange(msgs(pbe("do $atk$ "+v.body+" $atk$"), syncMsg))
+				t.Logf("errors %q", rp.codes())
+				a.checkIdents(t, v.name+", then a probe", mallory.exchange(msgs(query(probeSQL))).rows, "web_user", "mallory")
+			})
+		}
+		for _, r := range a.logRows("do2:") {
+			if r[1] != "web_user" || r[2] != "mallory" {
+				t.Errorf("LEAK: %s wrote as current_user=%s sub=%s", r[0], r[1], r[2])
+			}
+		}
+	})
+}
