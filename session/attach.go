@@ -226,26 +226,39 @@ var txDefaults = []string{"default_transaction_deferrable", "default_transaction
 // the login sets them. Under mu.
 func (s *Session) presetTxDefaults(c *pool.Conn) {
 	reset := s.t.ResetPending()
-	var names []string
+	var names, stale []string
 	for _, n := range txDefaults {
 		v, ok := s.params[n]
-		if cur, has := c.Params[n]; ok && (reset || !has || cur != v) {
+		cur, has := c.Params[n]
+		switch {
+		case ok && (reset || !has || cur != v):
 			names = append(names, n)
+		case !ok && has:
+			stale = append(stale, n) // another client's, or one the client reset
 		}
 	}
-	if len(names) == 0 {
+	if len(names) == 0 && len(stale) == 0 {
 		return
 	}
 	var text string
 	if reset {
-		text, _ = stickyWork{reset: true}.resetText()
-		s.srv.obs.ServerReset()
+		s.noteOwnConn()
+		w := stickyWork{reset: true, settingsOnly: s.ownConn}
+		text, _ = w.resetText()
 		s.t.Sticky() // from this Query on: it must commit
-		c.Params = map[string]string{}
+		s.afterSticky(c, w)
+		stale = nil
+	}
+	for _, n := range stale {
+		text += "RESET " + n + ";" // one of txDefaults: a plain name
+		delete(c.Params, n)
+	}
+	if len(names) > 0 {
+		text += replayText(names, s.params)
 	}
 	beginQuery(c)
 	s.t.Push(tracker.Unit{Kind: tracker.Query, Own: tracker.OwnMaint, Purpose: pTxDefaults, Ref: txDefaultsRef{c, names}})
-	c.W.Query(text + replayText(names, s.params))
+	c.W.Query(text)
 	if c.Params == nil {
 		c.Params = map[string]string{}
 	}

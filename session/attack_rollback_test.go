@@ -50,13 +50,12 @@ func checkRollbackBetween(t *testing.T, a *atk, tag, role, sub string, rp reply)
 	}
 }
 
-// TestAttackRollbackProcedureExtended (FAILS at the time of writing): a
-// procedure that ROLLBACKs, called with Parse/Bind/Execute/Sync as the
-// first batch on a server connection another client used. The reset and
-// the identity for the session go as bound statements in the same
-// implicit transaction as the CALL; the procedure's ROLLBACK undoes them,
-// and what it runs after runs as whatever the session held before: the
-// upstream login without claims.
+// TestAttackRollbackProcedureExtended: a procedure that ROLLBACKs, called
+// with Parse/Bind/Execute/Sync as the first batch on a server connection
+// another client used. When the reset and the identity for the session
+// went as bound statements in the same implicit transaction as the CALL,
+// the procedure's ROLLBACK undid them, and what it ran after ran as the
+// upstream login without claims; now the identity is committed ahead.
 func TestAttackRollbackProcedureExtended(t *testing.T) {
 	eachAttackEnv(t, func(t *testing.T, a *atk) {
 		a.superuser(rollbackProcSQL)
@@ -80,8 +79,9 @@ func TestAttackRollbackProcedureExtended(t *testing.T) {
 	})
 }
 
-// TestAttackRollbackProcedureRestoresPreviousClient (FAILS at the time of
-// writing): transaction mode, one server connection. Alice calls a
+// TestAttackRollbackProcedureRestoresPreviousClient (failed before the
+// identity went ahead of a procedure): transaction mode, one server
+// connection. Alice calls a
 // procedure in the extended protocol (pgtoken sets her role and claims
 // for the session) and keeps her session. Mallory's first batch on the
 // connection calls a procedure that ROLLBACKs: the rollback undoes
@@ -122,7 +122,8 @@ func TestAttackRollbackProcedureRestoresPreviousClient(t *testing.T) {
 	})
 }
 
-// TestAttackRollbackDoBlock (FAILS at the time of writing): with
+// TestAttackRollbackDoBlock (failed before the identity went ahead of a
+// procedure): with
 // guard.allow_do, the attacker writes the procedure itself: a DO block
 // that ROLLBACKs (Parse/Bind/Execute/Sync) runs the rest of its body as
 // the previous client (transaction mode: alice's identity for the

@@ -14,9 +14,9 @@ import (
 // variant another client used the one server connection (so the hand-over
 // reset is due), or mallory changed a setting (so a replay is due). A
 // BEGIN, then SET TRANSACTION in a later Query or batch, works directly.
-// It FAILS at the time of writing for foreign/simple-begin-*: the
-// simple-protocol BEGIN carries the reset, whose SELECT takes a snapshot,
-// so the SET TRANSACTION after it fails with 25001.
+// It failed for foreign/simple-begin-* while a simple-protocol BEGIN
+// carried the reset, whose SELECT takes a snapshot (25001); a BEGIN alone
+// now leaves its transaction bare.
 func TestAttackSetTransactionAfterBegin(t *testing.T) {
 	eachAttackEnvOf(t, attackSetups, []string{"transaction"}, nil, func(t *testing.T, a *atk) {
 		other := a.connect(t, a.token("web_user", "alice"))

@@ -13,10 +13,10 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-// TestAttackRefusedInSkippedBatch FAILS at the time of writing for
-// local-drop-refused-functioncall: a FunctionCall of a refused OID after
-// a message pgtoken refused locally gets its own ErrorResponse and
-// ReadyForQuery (onFunctionCall refuses before it looks at Dropping).
+// TestAttackRefusedInSkippedBatch: refused Queries and FunctionCalls in a
+// batch the server skips, or pgtoken drops, get no answer of their own, as
+// directly (local-drop-refused-functioncall got an ErrorResponse and a
+// ReadyForQuery while onFunctionCall refused before it looked at Dropping).
 func TestAttackRefusedInSkippedBatch(t *testing.T) {
 	eachAttackEnv(t, func(t *testing.T, a *atk) {
 		r := a.raw(t, a.token("web_user", "mallory"))

@@ -456,13 +456,13 @@ func (s *Session) onQuery(frame []byte) error {
 		}
 		s.waitFor(c, s.settled)
 	}
-	if step.Prelude != tracker.NoPrelude && s.expired() {
+	if step.Prelude != tracker.NoPrelude && !step.Bare && s.expired() { // a new transaction: an open one gets the leeway
 		s.mu.Unlock()
 		return errTokenExpired() // a new transaction under an expired token
 	}
 	s.newUnit(step)
 	s.closeStale(c)
-	if step.Prelude == tracker.SessionPrelude || step.Prelude == tracker.LocalPrelude && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
+	if step.Prelude == tracker.SessionPrelude || step.Prelude == tracker.LocalPrelude && step.Fresh && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
 		// A procedure alone in a Query (also in the middle of a batch,
 		// whose transaction the identity's own Query then ends): the
 		// identity is committed for the session before it runs, so a
@@ -842,15 +842,15 @@ func (s *Session) onFunctionCall(frame []byte) error {
 		return wire.Fatalf(wire.CodeProtocolViolation, "malformed FunctionCall message")
 	}
 	oid := uint32(body[0])<<24 | uint32(body[1])<<16 | uint32(body[2])<<8 | uint32(body[3])
-	if !largeObjectFunctions[oid] {
-		return s.refuse(wire.Errorf(wire.CodeInsufficientPrivilege,
-			"pgtoken allows the function-call protocol only for large-object functions (OID %d refused)", oid), true)
-	}
 	s.mu.Lock()
 	dropping := s.t.Dropping()
 	s.mu.Unlock()
 	if dropping {
-		return nil
+		return nil // inside a failed batch Postgres ignores it until Sync, refused or not
+	}
+	if !largeObjectFunctions[oid] {
+		return s.refuse(wire.Errorf(wire.CodeInsufficientPrivilege,
+			"pgtoken allows the function-call protocol only for large-object functions (OID %d refused)", oid), true)
 	}
 	if s.takeTxLost() {
 		return s.localError(errTxLost(), true)
@@ -871,7 +871,7 @@ func (s *Session) onFunctionCall(frame []byte) error {
 		}
 		s.waitFor(c, s.settled)
 	}
-	if step.Prelude != tracker.NoPrelude && s.expired() {
+	if step.Prelude != tracker.NoPrelude && !step.Bare && s.expired() { // a new transaction: an open one gets the leeway
 		s.mu.Unlock()
 		return errTokenExpired()
 	}

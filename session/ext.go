@@ -104,7 +104,7 @@ func (s *Session) onExtended(typ byte, frame []byte) error {
 		}
 		s.waitFor(c, s.settled)
 	}
-	if step.Prelude != tracker.NoPrelude && s.expired() {
+	if step.Prelude != tracker.NoPrelude && !step.Bare && s.expired() { // a new transaction: an open one gets the leeway
 		return errTokenExpired()
 	}
 	if step.IdentityAhead {

@@ -476,10 +476,13 @@ func (s *Server) terminateWith(c *client, e *wire.Error) {
 	sess.out.buf = wire.AppendError(sess.out.buf, e)
 	// A flusher at work (the client goroutine, or the server reader's)
 	// writes the FATAL after what it has; the socket closes only once it
-	// is through, or the FATAL could be lost (its write deadline bounds
-	// the wait; the lock is not held across it).
-	for sess.out.flushing {
-		sess.cond.Wait()
+	// is through, or the FATAL could be lost (the lock is not held while
+	// waiting).
+	// It waits at most as long as the write deadline set above.
+	for deadline := time.Now().Add(2 * time.Second); sess.out.flushing && time.Now().Before(deadline); {
+		sess.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		sess.mu.Lock()
 	}
 	_ = sess.flushLocked(false)
 	sess.mu.Unlock()

@@ -308,14 +308,30 @@ func (s *Session) resetSettings(tag string) error {
 	s.settingsChanged(false)
 	s.lastReset = s.settingsGen
 	params := s.params
+	ownConn := false
 	if s.conn != nil {
 		// The server connection's settings are reset with the next
-		// prelude; on the client's own connection (session mode) its
-		// settings alone (noteOwnConn), as RESET ALL does directly.
+		// prelude; on the client's own connection (session mode), its
+		// settings alone, at once, as RESET ALL does directly (the
+		// transaction defaults among them must be gone before the next
+		// transaction starts).
 		s.noteOwnConn()
-		s.t.Foreign()
+		if ownConn = s.ownConn; !ownConn {
+			s.t.Foreign()
+		}
 	}
 	s.mu.Unlock()
+	if ownConn {
+		c, err := s.claim()
+		if err != nil {
+			return s.claimFailed(err, true)
+		}
+		s.mu.Lock()
+		if s.conn == c {
+			s.resetAhead(c)
+		}
+		s.mu.Unlock()
+	}
 	var out []byte
 	for name, rn := range reportedName {
 		old, had := before[name]

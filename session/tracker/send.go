@@ -45,6 +45,9 @@ type Step struct {
 	// that did not begin with it: it may go only if the client's identity
 	// is already committed for the session on the connection.
 	NeedIdentity bool
+	// Bare: the prelude goes into a transaction the client opened before
+	// (BEGIN, in an earlier batch or Query) rather than a new one.
+	Bare bool
 	// Fresh: the message (the first of a batch, a Query or a
 	// FunctionCall) comes where the server has no transaction open: the
 	// portals of the one before are gone.
@@ -144,6 +147,7 @@ func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
 	owe := func(i int) {
 		if i == 0 {
 			s.Prelude = LocalPrelude
+			s.Bare = p.st == bare
 		} else {
 			cuts = append(cuts, i-1)
 		}
@@ -172,9 +176,10 @@ func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
 			owed = true
 		}
 	}
-	if owed && p.explicit {
-		owe(len(stmts))
-	}
+	// A Query that leaves an explicit transaction open without having run
+	// anything in it leaves it bare (endSync): the prelude waits for the
+	// first statement that runs code, and a SET TRANSACTION before it
+	// still works.
 	t.endSync(p, fails)
 	return s, cuts
 }
@@ -215,6 +220,7 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 		}
 		t.inBatch, t.cur, t.fails = true, p, 0
 		s.Fresh = p.st == none
+		t.carried = p.st == bare
 		if p.st == none && typ != 'S' && typ != 'C' && (k == sqlscan.KindCall || k == sqlscan.KindDo) {
 			s.IdentityAhead, s.ResetAhead = true, t.reset
 		} else if p.st == none && t.reset && typ != 'S' {
@@ -249,7 +255,7 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 		return s
 	}
 	if c.needsPrelude() && runsCode(k) {
-		s.Prelude, s.Reset = LocalPrelude, s.Reset || t.reset
+		s.Prelude, s.Reset, s.Bare = LocalPrelude, s.Reset || t.reset, t.carried
 		t.fails |= c.failState()
 		c.st = open
 	}
@@ -272,6 +278,7 @@ func (t *Tracker) Extended(typ byte, k sqlscan.Kind, flags sqlscan.Flags) Step {
 			} else {
 				*c = position{st: none}
 			}
+			t.carried = false
 		case sqlscan.KindCall, sqlscan.KindDo:
 			if !c.explicit {
 				c.st = bare // it may have committed: the prelude goes again
@@ -300,7 +307,7 @@ func (t *Tracker) FuncCall() Step {
 	}
 	s := Step{Fresh: p.st == none}
 	if p.needsPrelude() {
-		s.Prelude, s.Reset, s.Barrier = LocalPrelude, t.reset, true
+		s.Prelude, s.Reset, s.Barrier, s.Bare = LocalPrelude, t.reset, true, p.st == bare
 		fails |= p.failState()
 		p.st = open
 	}

@@ -115,6 +115,7 @@ type Tracker struct {
 	poss    state    // where the server may stand once everything sent is answered
 	drop    bool     // the client's batch failed locally: its messages are dropped until Sync
 	doomed  bool     // a message sure to fail was sent in the current batch: the server will skip the rest until Sync
+	carried bool     // the current batch began inside a transaction opened before it that ran nothing yet
 	reset   bool     // the server connection may hold another client's (or unknown) state
 
 	// Receive side: the server's answers.
