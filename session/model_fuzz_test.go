@@ -648,10 +648,26 @@ func (h *fuzzHarness) run(t *testing.T, steps []fuzzStep) {
 			t.Errorf("%s: through pgtoken (left) and directly (right):\n%s\nsteps:\n  %s", c.name, d, strings.Join(trace, "\n  "))
 		}
 	}
-	checkIdentity(t, h.proxied.Records(), func(i int, r pgmodel.Record) (pgmodel.Identity, bool) {
+	recs := h.proxied.Records()
+	checkIdentity(t, recs, func(i int, r pgmodel.Record) (pgmodel.Identity, bool) {
 		for c := range conns {
 			if strings.Contains(r.Src, conns[c].tag) {
 				return h.clients[c].id, true
+			}
+		}
+		if r.Via == "procedure" {
+			// A statement inside a procedure: the client whose CALL
+			// ran last on that backend (its answer may come after the
+			// harness moved on to another client's step).
+			for j := i - 1; j >= 0; j-- {
+				if recs[j].PID != r.PID {
+					continue
+				}
+				for c := range conns {
+					if strings.Contains(recs[j].Src, conns[c].tag) {
+						return h.clients[c].id, true
+					}
+				}
 			}
 		}
 		// Without a tag (a procedure's statement, a FunctionCall): the
