@@ -809,6 +809,12 @@ func (h *fuzzHarness) step(t *testing.T, c *fuzzConn, msgs []pgproto3.FrontendMe
 			tail--
 		}
 		c.got = append(c.got, s)
+		if strings.Contains(s, "pgtoken runs a procedure (CALL or DO) outside a transaction block only") {
+			// A procedure later in a batch that began otherwise: pgtoken
+			// refuses it by design (docs/SECURITY.md), where Postgres
+			// runs it; nothing after it can be compared.
+			t.Skip("a procedure in the middle of a batch, refused by design")
+		}
 	}
 	return true
 }
