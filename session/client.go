@@ -500,7 +500,16 @@ func (s *Session) onQuery(frame []byte) error {
 		sql = r.exec
 	}
 	beginQuery(c)
-	s.unnamedStmt = nil // as on a direct connection: a Query drops it
+	// As on a direct connection, a Query drops the unnamed statement, if
+	// it runs: one the server skips (after an error in its batch) leaves
+	// it. A Bind after it waits for its answer (closeAt: before this
+	// Query's sync point).
+	if st := s.unnamedStmt; st != nil && u.Purpose == 0 {
+		st.closing, st.closeAt = true, s.syncPoints-1
+		u.Purpose, u.Ref = pCloseStmt, closeRef{st: st}
+	} else {
+		s.unnamedStmt = nil
+	}
 	at := c.W.Begin('Q')
 	s.appendQueryText(c, step, sql, stmts, &u)
 	c.W.AppendBytes([]byte{0})

@@ -238,7 +238,10 @@ func (s *Session) done(d tracker.Done) {
 			r.st.closing = false
 		}
 		switch {
-		case d.Err != nil:
+		case d.Err == tracker.ErrSkipped || lost:
+		case d.Err != nil && r.name != "":
+			// A Close fails only when skipped; a Query that dropped
+			// the unnamed statement did so however it ended.
 		case r.st != nil:
 			r.st.closed = true
 			if r.name == "" && s.unnamedStmt == r.st {
