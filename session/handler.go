@@ -208,6 +208,10 @@ func (s *Session) done(d tracker.Done) {
 			s.forgetStmt("", r.st)
 		case d.Err != nil:
 			// A Parse of the unnamed statement drops the old one first.
+			r.st.closed = true
+			if r.st.replaced != nil {
+				r.st.replaced.closed = true
+			}
 			if s.unnamedStmt == r.st {
 				s.unnamedStmt = nil
 			}

@@ -88,6 +88,7 @@ func (s *Session) stmtNamed(name []byte) *clientStmt {
 // that Parse followed a Close of the same name in its batch, and the
 // Close was skipped too, the closed statement is back. Under mu.
 func (s *Session) forgetStmt(name string, st *clientStmt) {
+	st.closed = true // it does not exist: a later Parse's failure cannot bring it back
 	if name == "" {
 		if s.unnamedStmt == st {
 			s.unnamedStmt = nil
