@@ -462,6 +462,9 @@ func (s *Session) onQuery(frame []byte) error {
 	}
 	s.newUnit(step)
 	s.closeStale(c)
+	if step.ResetAhead {
+		s.resetAhead(c)
+	}
 	if step.Prelude == tracker.SessionPrelude || step.Prelude == tracker.LocalPrelude && step.Fresh && len(stmts) == 1 && stmts[0].Kind == sqlscan.KindNoTxBlock {
 		// A procedure alone in a Query (also in the middle of a batch,
 		// whose transaction the identity's own Query then ends): the

@@ -204,10 +204,21 @@ func TestPortalsOnConnectionOfAnotherClient(t *testing.T) {
 			&pgproto3.Execute{}, &pgproto3.Sync{}, &pgproto3.Parse{Name: "s", Query: who}, &pgproto3.Execute{}, &pgproto3.Sync{}},
 			[]string{"ParseComplete", "BindComplete", "CommandComplete BEGIN", "ReadyForQuery T", "ParseComplete",
 				`ErrorResponse 55000 portal "" cannot be run position=0`, "ReadyForQuery E"}},
+		// A BEGIN in a Query of its own, then a batch that binds a
+		// portal after a ROLLBACK and only then brings the prelude: the
+		// reset went with that prelude and closed the portal (found by
+		// fuzzing); it goes ahead of the BEGIN's Query now.
+		{"bound after a rollback in a batch after BEGIN", []pgproto3.FrontendMessage{&pgproto3.Query{String: "begin"},
+			&pgproto3.Parse{Query: "rollback"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Bind{DestinationPortal: "p"},
+			&pgproto3.Parse{Query: who}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Execute{Portal: "p"}, &pgproto3.Sync{}},
+			[]string{"CommandComplete BEGIN", "ReadyForQuery T", "ParseComplete", "BindComplete", "CommandComplete ROLLBACK",
+				"BindComplete", "ParseComplete", "BindComplete", "DataRow web_user|alice", "CommandComplete SELECT 1",
+				"CommandComplete ROLLBACK", "ReadyForQuery I"}},
 	} {
 		n := 0
 		for _, m := range tc.msgs {
-			if _, ok := m.(*pgproto3.Sync); ok {
+			switch m.(type) {
+			case *pgproto3.Sync, *pgproto3.Query:
 				n++
 			}
 		}

@@ -179,7 +179,12 @@ func (t *Tracker) Query(stmts []sqlscan.Statement, cuts []int) (Step, []int) {
 	// A Query that leaves an explicit transaction open without having run
 	// anything in it leaves it bare (endSync): the prelude waits for the
 	// first statement that runs code, and a SET TRANSACTION before it
-	// still works.
+	// still works. A hand-over reset due then goes ahead of this Query,
+	// not with that later prelude, where its CLOSE ALL would close the
+	// portals the client bound in between.
+	if fresh && t.reset && s.Prelude == NoPrelude && len(cuts) == 0 {
+		s.ResetAhead = true
+	}
 	t.endSync(p, fails)
 	return s, cuts
 }
